@@ -1,0 +1,3 @@
+from quarantine.cli import main
+
+main()

@@ -1,0 +1,36 @@
+"""Every retry and backoff policy of qsup, named and kept together (tenacity)."""
+
+from __future__ import annotations
+
+import tenacity
+
+# Probing a broken environment with the canary: 1 s, 2 s, 4 s … capped at 5 minutes.
+PROBE_WAIT = tenacity.wait_exponential(multiplier=1, min=1, max=300)
+
+# Respawning a persistent worker that keeps dying at start-up.
+RESPAWN_WAIT = tenacity.wait_exponential(multiplier=0.2, min=0.2, max=30)
+
+
+def _delay(wait: tenacity.wait.wait_base, attempt: int) -> float:
+    state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})
+    state.attempt_number = max(1, attempt)
+    return float(wait(state))
+
+
+def probe_delay(attempt: int) -> float:
+    """Seconds to wait before canary probe number *attempt* (1-based)."""
+    return _delay(PROBE_WAIT, attempt)
+
+
+def respawn_delay(attempt: int) -> float:
+    return _delay(RESPAWN_WAIT, attempt)
+
+
+def retry_state_io(stop_flag) -> tenacity.Retrying:
+    """Retrying for transient state I/O (EAGAIN/EINTR-like); stops early on shutdown."""
+    return tenacity.Retrying(
+        wait=tenacity.wait_exponential(multiplier=0.05, max=1),
+        stop=tenacity.stop_after_attempt(5) | tenacity.stop_when_event_set(stop_flag),
+        retry=tenacity.retry_if_exception_type((BlockingIOError, InterruptedError)),
+        reraise=True,
+    )

@@ -1,0 +1,440 @@
+"""The ``qsup`` command line (CONTRACT §2)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+from datetime import datetime
+
+import click
+
+from quarantine import ops, pm
+from quarantine.config import BY_NAME, FIELDS, Config, default_state_dir, find_config, load
+from quarantine.errors import EXIT_OK, ConfigError, NotFound, QsupError
+from quarantine.store import Store
+
+log = logging.getLogger("qsup")
+
+EPILOG = """\b
+Exit codes:
+  0  done
+  2  usage or configuration error (the message names the bad value)
+  3  stopped with the breaker open (systemic failure: nothing was quarantined)
+  4  state problem (locked by another qsup, unwritable, corrupt, full)
+
+\b
+Configuration: --config FILE, else ./qsup.toml, else /etc/qsup/qsup.toml, else
+built-in defaults. Every key can be given as a flag; flags beat the file.
+State: --state DIR, else $QSUP_STATE, else /var/lib/qsup (root) or ./.qsup.
+"""
+
+
+class Ctx:
+    def __init__(self, config_path: str | None, state: str | None):
+        self.config_path = find_config(config_path)
+        self.state = state or default_state_dir()
+
+    def config(self, overrides: dict | None = None) -> Config:
+        return load(self.config_path, overrides or {})
+
+
+def _flag(field) -> str:
+    return "--" + (field.flag or field.name.replace("_", "-"))
+
+
+def config_options(func):
+    """A flag for every config key (flags beat the file)."""
+    for field in reversed(FIELDS):
+        kind = {int: int, float: float, str: str}[field.type]
+        if field.choices:
+            kind = click.Choice(field.choices)
+        func = click.option(_flag(field), field.name, type=kind, default=None,
+                            help=field.help, show_default=False)(func)
+    return func
+
+
+def _overrides(kwargs: dict) -> dict:
+    return {k: kwargs.pop(k) for k in list(kwargs) if k in BY_NAME}
+
+
+def _setup_logging(level: str, rich_console=None) -> None:
+    root = logging.getLogger("qsup")
+    root.handlers.clear()
+    if rich_console is not None:
+        from rich.logging import RichHandler
+
+        handler = RichHandler(console=rich_console, show_path=False, show_time=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("qsup: %(levelname)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="TOML configuration file.")
+@click.option("--state", type=click.Path(file_okay=False), default=None,
+              help="LMDB state directory (env QSUP_STATE).")
+@click.version_option(package_name="qsup", prog_name="qsup")
+@click.pass_context
+def cli(ctx, config_path, state):
+    """qsup: a poison-message quarantine supervisor for batch content scanners.
+
+    It hands batches of queued messages to scanner workers, finds the message
+    that crashed a worker by bisecting its batch, quarantines repeat offenders
+    and delivers everything else. Start with `qsup demo`.
+    """
+    ctx.obj = Ctx(config_path, state or os.environ.get("QSUP_STATE"))
+
+
+# --------------------------------------------------------------------- running
+def _build(ctx: Ctx, config: Config, mode: str, adopt: bool = True):
+    from quarantine.supervisor import Supervisor
+
+    plugins = pm.build()
+    queues, scanners = plugins.queue_types(), plugins.scanner_types()
+    if config.queue not in queues:
+        raise ConfigError(f"queue: unknown kind {config.queue!r} (known: {', '.join(sorted(queues))})")
+    if config.scanner not in scanners:
+        raise ConfigError(f"scanner: unknown kind {config.scanner!r} (known: {', '.join(sorted(scanners))})")
+    store = Store(ctx.state, map_mb=config.map_size_mb)
+    try:
+        queue = queues[config.queue](config)
+        scanner = scanners[config.scanner](config)
+    except OSError as exc:
+        store.close()
+        raise ConfigError(f"queue {config.queue}: {exc.strerror or exc}: {exc.filename or ''}")
+    except Exception:
+        store.close()
+        raise
+    if adopt:
+        from quarantine.process import become_subreaper
+
+        adopt = become_subreaper()
+    sup = Supervisor(config, store, queue, scanner, plugins.hook, state_dir=ctx.state,
+                     adopt_orphans=adopt, mode=mode)
+    return sup, store
+
+
+def _signals(sup, reload_from=None) -> None:
+    def stop(signum, frame):
+        sup.request_stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    if reload_from is not None:
+        sup.reload = reload_from
+        signal.signal(signal.SIGHUP, lambda s, f: sup.request_reload())
+
+
+def _print_summary(summary: dict, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, sort_keys=True))
+        return
+    click.echo(
+        f"delivered {summary['delivered']}, quarantined {summary['quarantined']}, "
+        f"worker crashes {summary['crashes']}, unexplained {summary['unexplained']}, "
+        f"in {summary['seconds']:.1f}s; breaker {summary['breaker']['state']}"
+    )
+
+
+@cli.command(epilog=EPILOG)
+@config_options
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_obj
+def drain(ctx: Ctx, as_json: bool, **kwargs):
+    """Process everything now in the queue, then exit."""
+    config = ctx.config(_overrides(kwargs))
+    _setup_logging(config.log_level)
+    sup, store = _build(ctx, config, "drain")
+    try:
+        _signals(sup)
+        code = sup.serve(follow=False)
+        _print_summary(sup.summary(), as_json)
+    finally:
+        store.close()
+    sys.exit(code)
+
+
+@cli.command(epilog=EPILOG)
+@config_options
+@click.pass_obj
+def run(ctx: Ctx, **kwargs):
+    """The daemon: like drain, but keeps watching the queue.
+
+    SIGTERM/SIGINT: warm stop (in-flight batches finish within --grace, then are
+    killed; a stop never counts against a message); a second signal: cold stop.
+    SIGHUP: reload the configuration file.
+    """
+    overrides = _overrides(kwargs)
+    config = ctx.config(overrides)
+    _setup_logging(config.log_level)
+    sup, store = _build(ctx, config, "run")
+    try:
+        _signals(sup, reload_from=lambda: ctx.config(overrides))
+        log.info("watching %s with %d worker(s) (%s)", config.spool, config.workers, config.source)
+        code = sup.serve(follow=True)
+        _print_summary(sup.summary(), False)
+    finally:
+        store.close()
+    sys.exit(code)
+
+
+# ------------------------------------------------------------------ inspecting
+def _open_read(ctx: Ctx) -> Store:
+    return Store(ctx.state, readonly=True)
+
+
+def _when(ts: float | None) -> str:
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _why(rec: dict) -> str:
+    why = rec.get("why", "?")
+    if rec.get("signal"):
+        why += f" ({rec['signal']})"
+    elif rec.get("exit_code") is not None:
+        why += f" (exit {rec['exit_code']})"
+    if why.startswith("memory") and rec.get("peak_rss"):
+        why += f" peak {_size(rec['peak_rss'])}"
+    return why
+
+
+def quarantine_table(rows: list[dict]):
+    from rich.table import Table
+
+    table = Table(title=f"Quarantine ({len(rows)})", title_justify="left")
+    for col in ("ID", "when", "why", "strikes", "size", "sender", "subject"):
+        table.add_column(col, overflow="fold")
+    for rec in rows:
+        table.add_row(rec["qid"], _when(rec.get("when")), _why(rec), str(rec.get("strikes", "?")),
+                      _size(rec.get("size", 0)), rec.get("sender", ""), rec.get("subject", ""))
+    return table
+
+
+@cli.command("list", epilog=EPILOG)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def list_(ctx: Ctx, as_json: bool):
+    """The quarantine, newest first: ID, when, why, strikes, size, sender, subject."""
+    store = _open_read(ctx)
+    try:
+        rows = ops.records(store)
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, sort_keys=True))
+        return
+    if not rows:
+        click.echo("The quarantine is empty.")
+        return
+    from rich.console import Console
+
+    Console().print(quarantine_table(rows))
+
+
+@cli.command(epilog=EPILOG)
+@click.argument("qid")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def show(ctx: Ctx, qid: str, as_json: bool):
+    """One message: every attempt (batch size, worker pid, crash kind, signal or
+    exit code, peak RSS, duration, stderr tail), the bisection path, headers."""
+    store = _open_read(ctx)
+    try:
+        found = ops.details(store, qid)
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps(found, indent=2, sort_keys=True))
+        return
+    for item in found:
+        rec, hist = item["record"], item["history"]
+        state = "quarantined" if item["quarantined"] else "not quarantined"
+        click.echo(f"{qid}  [{state}]  fingerprint {item['key'].split(':', 1)[1]}")
+        if rec:
+            click.echo(f"  when     {_when(rec.get('when'))}")
+            click.echo(f"  why      {_why(rec)}")
+            click.echo(f"  strikes  {rec.get('strikes')}")
+            click.echo(f"  size     {_size(rec.get('size', 0))}")
+            click.echo(f"  file     {rec.get('queue', '?')}: quarantine/{rec.get('name', qid)}")
+            click.echo(f"  path     bisection {' -> '.join(rec.get('path') or ['-'])}")
+        for key in ("attempts_total", "unexplained", "deaths", "forgiven"):
+            if hist.get(key):
+                click.echo(f"  {key.replace('_', ' '):9}{hist[key]}")
+        attempts = hist.get("attempts", [])
+        if attempts:
+            click.echo(f"  attempts (last {len(attempts)}):")
+        for a in attempts:
+            code = a.get("signal") or (f"exit {a['exit_code']}" if a.get("exit_code") is not None else "")
+            click.echo(f"    {_when(a.get('when'))}  batch of {a.get('size')}  pid {a.get('pid', '-')}  "
+                       f"{a.get('ending')} {code}  peak RSS {_size(a.get('peak_rss') or 0)}  "
+                       f"{a.get('duration', 0):.2f}s  path {'/'.join(a.get('path') or [])}"
+                       f"{'  STRIKE' if a.get('strike') else ''}")
+            tail = (a.get("stderr") or "").strip().splitlines()[-3:]
+            for line in tail:
+                click.echo(f"      stderr: {line[:160]}")
+        if rec.get("headers"):
+            click.echo("  headers:")
+            for k, v in rec["headers"].items():
+                click.echo(f"    {k}: {v}")
+        click.echo("")
+
+
+def _state_action(ctx: Ctx, request: dict, **config_kw) -> list[str]:
+    holder = Store.holder(ctx.state) if os.path.isdir(ctx.state) else None
+    if holder:
+        answer = ops.submit_request(ctx.state, request)
+        if not answer.get("ok"):
+            raise NotFound(answer.get("error", "request failed"))
+        return answer["lines"]
+    config = ctx.config(config_kw)
+    plugins = pm.build()
+    store = Store(ctx.state, map_mb=config.map_size_mb)
+    try:
+        queue = plugins.queue_types()[config.queue](config)
+        return ops.execute(store, queue, request)
+    finally:
+        store.close()
+
+
+@cli.command(epilog=EPILOG)
+@click.argument("ids", nargs=-1)
+@click.option("--all", "everything", is_flag=True, help="Release every quarantined message.")
+@click.option("--no-scan", is_flag=True, help="Hand the messages on without scanning them again.")
+@config_options
+@click.pass_obj
+def release(ctx: Ctx, ids, everything, no_scan, **kwargs):
+    """Put quarantined messages back into the queue to be scanned again (after the
+    scanner is fixed). Nothing is delivered unscanned unless --no-scan is given."""
+    if not ids and not everything:
+        raise click.UsageError("name the IDs to release, or give --all")
+    overrides = _overrides(kwargs)
+    for line in _state_action(ctx, {"op": "release", "ids": list(ids), "all": everything,
+                                    "no_scan": no_scan}, **overrides):
+        click.echo(line)
+
+
+@cli.command(epilog=EPILOG)
+@click.argument("ids", nargs=-1)
+@click.option("--all", "everything", is_flag=True, help="Purge every quarantined message.")
+@click.option("--yes", is_flag=True, help="Really delete: without it nothing is deleted.")
+@config_options
+@click.pass_obj
+def purge(ctx: Ctx, ids, everything, yes, **kwargs):
+    """Delete quarantined messages for good: the only command that deletes mail."""
+    if not ids and not everything:
+        raise click.UsageError("name the IDs to purge, or give --all")
+    if not yes:
+        what = "every quarantined message" if everything else ", ".join(ids)
+        raise click.UsageError(f"purge deletes mail for good; nothing deleted. Repeat with --yes to delete {what}")
+    overrides = _overrides(kwargs)
+    for line in _state_action(ctx, {"op": "purge", "ids": list(ids), "all": everything}, **overrides):
+        click.echo(line)
+
+
+@cli.command(epilog=EPILOG)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def status(ctx: Ctx, as_json: bool):
+    """Workers, in-flight batches with age, suspects, queue depth, breaker state,
+    throughput, and what the last restart recovered."""
+    store = _open_read(ctx)
+    try:
+        with store.read() as r:
+            snap = r.get("meta", "status") or {}
+            recovery = r.get("meta", "recovery")
+            quarantined = r.count("quarantine")
+            inflight = r.count("inflight")
+    finally:
+        store.close()
+    holder = Store.holder(ctx.state)
+    out = {"running": bool(holder), "pid": holder, "quarantined": quarantined,
+           "inflight_records": inflight, "last": snap, "recovery": recovery}
+    if as_json:
+        click.echo(json.dumps(out, indent=2, sort_keys=True))
+        return
+    click.echo(f"qsup: {'running, pid ' + str(holder) if holder else 'not running'}"
+               f" (status of {_when(snap.get('updated'))})")
+    br = snap.get("breaker") or {}
+    line = f"breaker: {br.get('state', '?')}"
+    if br.get("state") == "open":
+        line += f" since {_when(br.get('since_wall'))}: {br.get('reason')}"
+    click.echo(line)
+    click.echo(f"queue depth: {snap.get('queue_depth', '?')}, suspects: {snap.get('suspects', 0)}, "
+               f"awaiting canary: {snap.get('awaiting_canary', 0)}, quarantined: {quarantined}, "
+               f"throughput: {snap.get('throughput', 0)} msg/s")
+    workers = snap.get("workers") or []
+    click.echo(f"workers busy: {len(workers)}")
+    for w in workers:
+        click.echo(f"  pid {w['pid']}  batch {w['batch']}  {w['lane']} lane  {w['size']} message(s)  "
+                   f"age {w['age']}s")
+    counters = snap.get("counters") or {}
+    if counters:
+        click.echo("counters: " + ", ".join(f"{k} {v}" for k, v in sorted(counters.items())))
+    if recovery:
+        click.echo(f"last recovery at {_when(recovery.get('at'))}: {recovery.get('why', '')}; "
+                   f"{recovery.get('messages', 0)} message(s) in {recovery.get('batches', 0)} batch(es), "
+                   f"{recovery.get('intents', 0)} interrupted move(s) finished, "
+                   f"{recovery.get('killed_workers', 0)} stale worker(s) killed")
+
+
+@cli.command(epilog=EPILOG)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def plugins(as_json: bool):
+    """The loaded plugins, their versions and the hooks each implements."""
+    rows = pm.build().describe()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        if row["error"]:
+            click.echo(f"{row['name']}  BROKEN: {row['error']}")
+        else:
+            click.echo(f"{row['name']}  {row['version']}  hooks: {', '.join(row['hooks'])}")
+
+
+@cli.command(epilog=EPILOG)
+@click.option("--messages", default=300, show_default=True, type=click.IntRange(20, 100000),
+              help="How many synthetic messages.")
+@click.option("--keep", type=click.Path(file_okay=False), default=None,
+              help="Build the demo spool and state here and keep them (else a temp dir).")
+@click.pass_obj
+def demo(ctx: Ctx, messages: int, keep: str | None):
+    """Build a throw-away spool with synthetic messages, some of which crash the
+    bundled demo scanner for real (SIGSEGV, abort, memory blow-up, hang), drain it
+    with a live progress display and print the quarantine."""
+    from quarantine.demo import run_demo
+
+    sys.exit(run_demo(messages, keep))
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(1)
+    except QsupError as exc:
+        click.echo(f"qsup: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    sys.exit(EXIT_OK)

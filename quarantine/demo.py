@@ -1,0 +1,117 @@
+"""`qsup demo`: a throw-away spool, real crashes, a live progress display."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import tempfile
+import time
+
+from quarantine.config import demo_worker_command, load
+
+# (poison kind, how many) in a demo spool
+POISON = (("segv", 4), ("abort", 2), ("memory", 2), ("hang", 1), ("exit", 1))
+
+
+def make_message(i: int, poison: str | None = None, rng: random.Random | None = None) -> bytes:
+    rng = rng or random.Random(i)
+    words = ["invoice", "meeting", "report", "newsletter", "order", "holiday", "update", "offer"]
+    subject = f"{rng.choice(words).title()} {i}"
+    lines = [
+        f"From: sender{i % 37}@example.org",
+        f"To: user{i % 11}@example.net",
+        f"Subject: {subject}",
+        f"Date: Thu, 19 Nov 2026 10:{i % 60:02d}:00 +0000",
+        f"Message-ID: <demo-{i}@example.org>",
+    ]
+    if poison:
+        lines.append(f"X-Demo-Poison: {poison}")
+    body = " ".join(rng.choice(words) for _ in range(rng.randint(20, 200)))
+    return ("\r\n".join(lines) + "\r\n\r\n" + body + "\r\n").encode()
+
+
+def build_spool(root: str, count: int, poison: dict[int, str], start: float | None = None) -> list[str]:
+    """Write *count* messages through tmp/ into incoming/ (maildir rule); message i
+    is poison of kind poison[i]. Returns the IDs, oldest first."""
+    for sub in ("tmp", "incoming", "outgoing", "quarantine"):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+    start = start if start is not None else time.time() - count
+    ids = []
+    for i in range(count):
+        qid = f"M{i:06d}"
+        tmp = os.path.join(root, "tmp", qid)
+        with open(tmp, "wb") as fh:
+            fh.write(make_message(i, poison.get(i)))
+        os.utime(tmp, (start + i * 0.001, start + i * 0.001))
+        os.rename(tmp, os.path.join(root, "incoming", qid))
+        ids.append(qid)
+    return ids
+
+
+def _display(sup, total: int):
+    from rich.table import Table
+
+    snap = sup.stats
+    table = Table(title="qsup demo: draining", title_justify="left", show_header=False)
+    table.add_column(justify="right")
+    table.add_column()
+    done = snap["delivered"] + snap["quarantined"]
+    bar = int(30 * done / max(total, 1))
+    table.add_row("progress", f"[green]{'█' * bar}[/]{'░' * (30 - bar)} {done}/{total}")
+    table.add_row("delivered", str(snap["delivered"]))
+    table.add_row("quarantined", f"[red]{snap['quarantined']}[/]")
+    table.add_row("worker crashes", str(snap["crashes"]))
+    table.add_row("in flight", f"{sum(len(r.batch.ids) for r in sup.runs.values())} in {len(sup.runs)} batch(es)")
+    table.add_row("suspects", str(sum(len(b.ids) for b, _ in sup.suspects) + len(sup.awaiting)))
+    state = sup.breaker.state.value
+    table.add_row("breaker", state if state == "closed" else f"[red]{state}: {sup.breaker.reason}[/]")
+    return table
+
+
+def run_demo(count: int, keep: str | None) -> int:
+    from rich.console import Console
+    from rich.live import Live
+
+    from quarantine.cli import Ctx, _build, _setup_logging, quarantine_table
+    from quarantine.ops import records
+
+    console = Console()
+    base = keep or tempfile.mkdtemp(prefix="qsup-demo-")
+    spool, state = os.path.join(base, "spool"), os.path.join(base, "state")
+    rng = random.Random(2026)
+    kinds = [k for k, n in POISON for _ in range(n)]
+    slots = rng.sample(range(count), len(kinds))
+    poison = dict(zip(slots, kinds))
+    build_spool(spool, count, poison)
+    console.print(f"[bold]qsup demo[/]: {count} messages in {spool}, {len(poison)} of them poison "
+                  f"({', '.join(sorted(set(kinds)))}); bundled demo scanner, 4 workers, batches of 20")
+    config = load(None, {
+        "spool": spool, "worker": demo_worker_command() + " --delay 0.002",
+        "workers": 4, "batch_size": 20, "timeout": 2.0, "startup_allowance": 3.0,
+        "max_rss_mb": 300, "storm_limit": 50, "max_wait": 30.0, "log_level": "warning",
+    })
+    _setup_logging(config.log_level, rich_console=console)
+    ctx = Ctx(None, state)
+    sup, store = _build(ctx, config, "demo")
+    signal.signal(signal.SIGINT, lambda s, f: sup.request_stop())
+    signal.signal(signal.SIGTERM, lambda s, f: sup.request_stop())
+    try:
+        with Live(_display(sup, count), console=console, refresh_per_second=8) as live:
+            sup.on_tick = lambda s: live.update(_display(s, count))
+            code = sup.serve(follow=False)
+            live.update(_display(sup, count))
+        rows = records(store)
+    finally:
+        store.close()
+    summary = sup.summary()
+    console.print(quarantine_table(rows))
+    outgoing = len(os.listdir(os.path.join(spool, "outgoing")))
+    console.print(f"delivered {outgoing} to outgoing/, quarantined {len(rows)}, "
+                  f"{summary['crashes']} worker crashes, {summary['seconds']:.1f}s.")
+    if keep:
+        console.print(f"Kept in {base}. Try: qsup --state {state} list; qsup --state {state} show ID")
+    else:
+        shutil.rmtree(base, ignore_errors=True)
+    return code

@@ -1,0 +1,152 @@
+"""Operator actions on the quarantine: list, show, release, purge.
+
+Release and purge change state, so they run inside the process that holds the
+state directory: directly when no qsup runs, or handed to the running daemon
+through ``STATE/requests/`` (see :func:`submit_request`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+
+from quarantine import moves
+from quarantine.errors import NotFound, StateError
+from quarantine.hookspecs import Queue
+from quarantine.ids import is_queue_id
+from quarantine.store import Store
+
+
+def records(store: Store) -> list[dict]:
+    with store.read() as r:
+        rows = [dict(rec, key=key) for key, rec in r.items("quarantine")]
+    return sorted(rows, key=lambda rec: rec.get("when", 0), reverse=True)
+
+
+def find(store: Store, qid: str) -> list[dict]:
+    """Quarantine records of *qid* (several if the ID was reused), newest first."""
+    if not is_queue_id(qid):
+        raise NotFound(f"{qid!r} is not a queue ID")
+    with store.read() as r:
+        found = [dict(rec, key=key) for key, rec in r.items("quarantine", prefix=f"{qid}:")]
+    return sorted(found, key=lambda rec: rec.get("when", 0), reverse=True)
+
+
+def details(store: Store, qid: str) -> list[dict]:
+    """Everything ``qsup show`` prints: the record, every attempt kept, the path."""
+    if not is_queue_id(qid):
+        raise NotFound(f"{qid!r} is not a queue ID")
+    out = []
+    with store.read() as r:
+        quarantined = {key: rec for key, rec in r.items("quarantine", prefix=f"{qid}:")}
+        for key, hist in r.items("history", prefix=f"{qid}:"):
+            rec = quarantined.pop(key, None)
+            out.append({"key": key, "quarantined": rec is not None, "record": rec or {},
+                        "history": hist})
+        for key, rec in quarantined.items():
+            out.append({"key": key, "quarantined": True, "record": rec, "history": {}})
+    if not out:
+        raise NotFound(f"{qid}: no quarantine record and no crash history")
+    return sorted(out, key=lambda d: d["record"].get("when", 0), reverse=True)
+
+
+def _select(store: Store, ids: list[str], everything: bool) -> list[dict]:
+    if everything:
+        return records(store)
+    chosen = []
+    for qid in ids:
+        found = find(store, qid)
+        if not found:
+            raise NotFound(f"{qid} is not in the quarantine")
+        chosen += found
+    return chosen
+
+
+def release(store: Store, queue: Queue, ids: list[str], everything: bool, no_scan: bool) -> list[str]:
+    """Put quarantined messages back into the queue (or straight on, with no_scan)."""
+    lines = []
+    for rec in _select(store, ids, everything):
+        dest = "outgoing" if no_scan else "incoming"
+        mv = queue.plan(rec["qid"], rec["fp"], dest, origin="quarantine", source=rec.get("name", rec["qid"]))
+        result = moves.move(store, queue, [mv], time.time())[moves.intent_key(mv)]
+        if result == "gone":
+            lines.append(f"{rec['qid']}: the quarantined file is missing; record removed")
+            with store.write() as w:
+                w.delete("quarantine", rec["key"])
+            continue
+        where = "outgoing/ without a scan" if no_scan else "incoming/ to be scanned again"
+        lines.append(f"released {rec['qid']} to {where}" + (f" as {mv.name}" if mv.name != rec["qid"] else ""))
+    return lines
+
+
+def purge(store: Store, queue: Queue, ids: list[str], everything: bool) -> list[str]:
+    """Delete quarantined messages for good: the only place qsup deletes mail."""
+    lines = []
+    for rec in _select(store, ids, everything):
+        existed = queue.purge(rec.get("name", rec["qid"]))
+        with store.write() as w:
+            w.delete("quarantine", rec["key"])
+        lines.append(f"purged {rec['qid']}" + ("" if existed else " (file was already gone)"))
+    return lines
+
+
+# ------------------------------------------------------------ daemon requests
+def requests_dir(state: str) -> str:
+    return os.path.join(state, "requests")
+
+
+def submit_request(state: str, request: dict, timeout: float = 30.0) -> dict:
+    """Hand a release/purge to the running qsup and wait for its answer."""
+    folder = requests_dir(state)
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    name = uuid.uuid4().hex
+    tmp = os.path.join(folder, f".{name}.tmp")
+    with open(tmp, "w") as fh:
+        json.dump(request, fh)
+    os.rename(tmp, os.path.join(folder, f"{name}.req"))
+    answer = os.path.join(folder, f"{name}.ans")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.exists(answer):
+            with open(answer) as fh:
+                result = json.load(fh)
+            os.unlink(answer)
+            return result
+        time.sleep(0.05)
+    raise StateError(f"the running qsup did not answer within {timeout:.0f}s; request {name} left in {folder}")
+
+
+def serve_requests(state: str, store: Store, queue: Queue) -> int:
+    """Run the requests waiting in STATE/requests (called by the daemon's loop)."""
+    folder = requests_dir(state)
+    try:
+        names = [n for n in os.listdir(folder) if n.endswith(".req")]
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        path = os.path.join(folder, name)
+        try:
+            with open(path) as fh:
+                req = json.load(fh)
+            result = {"ok": True, "lines": execute(store, queue, req)}
+        except NotFound as exc:
+            result = {"ok": False, "error": str(exc), "code": exc.exit_code}
+        except (ValueError, KeyError, OSError) as exc:
+            result = {"ok": False, "error": f"bad request {name}: {exc}", "code": 2}
+        tmp = path[:-4] + ".tmp"
+        with open(tmp, "w") as fh:
+            json.dump(result, fh)
+        os.rename(tmp, path[:-4] + ".ans")
+        os.unlink(path)
+    return len(names)
+
+
+def execute(store: Store, queue: Queue, req: dict) -> list[str]:
+    ids, everything = list(req.get("ids", [])), bool(req.get("all"))
+    if req["op"] == "release":
+        return release(store, queue, ids, everything, bool(req.get("no_scan")))
+    if req["op"] == "purge":
+        return purge(store, queue, ids, everything)
+    raise ValueError(f"unknown operation {req['op']!r}")

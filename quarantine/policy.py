@@ -1,0 +1,215 @@
+"""The isolation policy: what to run next after a batch ends.
+
+Pure functions over plain data — no I/O, no clock, no processes. The supervisor
+acts on the decisions; the tests drive this module with hypothesis.
+
+A message's life, on one screen::
+
+    QUEUED ──dispatch──▶ IN_FLIGHT ──batch ok──────────────────▶ DELIVERED
+       ▲                   │
+       │ not begun,        │ batch crashed
+       │ planned stop      ▼
+       └──────────────── SUSPECT ──solo ok───────────────────▶ DELIVERED
+                           │  ▲
+                  solo crash│  │ strike < K: run alone again
+                           ▼  │
+                         STRUCK ──strike K, canary passes──▶ QUARANTINED
+                                                                 │ release
+                                            QUEUED ◀─────────────┘
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Mapping
+
+
+class State(StrEnum):
+    QUEUED = "queued"
+    IN_FLIGHT = "in_flight"
+    SUSPECT = "suspect"
+    STRUCK = "struck"
+    QUARANTINED = "quarantined"
+    DELIVERED = "delivered"
+
+
+TRANSITIONS: dict[State, frozenset[State]] = {
+    State.QUEUED: frozenset({State.IN_FLIGHT}),
+    State.IN_FLIGHT: frozenset({State.DELIVERED, State.QUEUED, State.SUSPECT, State.STRUCK}),
+    State.SUSPECT: frozenset({State.IN_FLIGHT}),
+    State.STRUCK: frozenset({State.IN_FLIGHT, State.QUARANTINED}),
+    State.QUARANTINED: frozenset({State.QUEUED}),
+    State.DELIVERED: frozenset(),
+}
+
+
+def may_move(src: State, dst: State) -> bool:
+    return dst in TRANSITIONS[src]
+
+
+class Ending(StrEnum):
+    """How a worker run ended."""
+
+    OK = "ok"  # exit 0: every message handled
+    EXIT = "exit"  # non-zero exit status
+    SIGNAL = "signal"  # died of a signal it brought on itself (SIGSEGV, SIGABRT, …)
+    KILLED = "killed"  # SIGKILL that qsup did not send: most likely the kernel's OOM killer
+    TIMEOUT = "timeout"  # deadline passed; qsup killed the process group
+    MEMORY = "memory"  # RSS limit passed; qsup killed the process group
+    LOST = "lost"  # in flight when a previous qsup died; found on restart
+    STOPPED = "stopped"  # planned kill (operator stop, reload): never counts
+    SPAWN = "spawn"  # could not start: the environment's fault, never the message's
+
+
+CRASHES = frozenset(
+    {Ending.EXIT, Ending.SIGNAL, Ending.KILLED, Ending.TIMEOUT, Ending.MEMORY, Ending.LOST}
+)
+# Endings that say something about a message only when observed, never when inferred.
+STRIKING = CRASHES - {Ending.LOST}
+
+
+class Lane(StrEnum):
+    CLEAN = "clean"
+    SUSPECT = "suspect"
+
+
+@dataclass(frozen=True)
+class Batch:
+    ids: tuple[str, ...]
+    lane: Lane = Lane.CLEAN
+    path: tuple[str, ...] = ()  # how bisection reached this batch, e.g. ("30", "15", "8")
+    hunt: str | None = None  # the crashed batch this one was split from
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ending: Ending
+    begun: tuple[str, ...] = ()  # IDs with a `begin` line, in order
+    done: frozenset[str] = frozenset()  # IDs with a `done` line
+
+    @property
+    def has_progress(self) -> bool:
+        return bool(self.begun or self.done)
+
+
+@dataclass(frozen=True)
+class Decision:
+    deliver: tuple[str, ...] = ()  # handled: move on
+    requeue: tuple[str, ...] = ()  # back to the normal queue with nothing against them
+    retry: tuple[Batch, ...] = ()  # new suspect-lane batches
+    strike: tuple[str, ...] = ()  # crashed alone (or blamed by progress lines)
+    quarantine: tuple[str, ...] = ()  # reached K strikes: quarantine once the canary agrees
+    systemic: bool = False  # the environment failed: open the breaker
+
+
+def halves(ids: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    mid = math.ceil(len(ids) / 2)
+    return ids[:mid], ids[mid:]
+
+
+def bisect(batch: Batch, ids: tuple[str, ...], hunt: str) -> tuple[Batch, ...]:
+    """Split the crashed IDs into two suspect batches (one if a single ID is left)."""
+    path = batch.path or (str(len(batch.ids)),)
+    parts = [p for p in halves(ids) if p] if len(ids) > 1 else [ids]
+    return tuple(
+        Batch(ids=p, lane=Lane.SUSPECT, path=path + (str(len(p)),), hunt=hunt) for p in parts
+    )
+
+
+def _strike(qid: str, batch: Batch, strikes: Mapping[str, int], k: int) -> Decision:
+    """A strike for one message: quarantine at K, else run it alone again."""
+    if strikes.get(qid, 0) + 1 >= k:
+        return Decision(strike=(qid,), quarantine=(qid,))
+    path = batch.path or (str(len(batch.ids)),)
+    solo = Batch(ids=(qid,), lane=Lane.SUSPECT, path=path + ("1",) if path[-1] != "1" else path)
+    return Decision(strike=(qid,), retry=(solo,))
+
+
+def merge(*parts: Decision) -> Decision:
+    return Decision(
+        deliver=sum((p.deliver for p in parts), ()),
+        requeue=sum((p.requeue for p in parts), ()),
+        retry=sum((p.retry for p in parts), ()),
+        strike=sum((p.strike for p in parts), ()),
+        quarantine=sum((p.quarantine for p in parts), ()),
+        systemic=any(p.systemic for p in parts),
+    )
+
+
+def decide(
+    batch: Batch, outcome: Outcome, strikes: Mapping[str, int], k: int, hunt: str
+) -> Decision:
+    """What to do with every ID of *batch* after it ended with *outcome*.
+
+    *strikes* are the strikes each ID already has; *k* is how many make a quarantine;
+    *hunt* names this batch if it has to be split. Every ID of the batch appears in
+    exactly one of deliver, requeue, retry or quarantine.
+    """
+    ids = batch.ids
+    done = tuple(i for i in ids if i in outcome.done)
+    rest = tuple(i for i in ids if i not in outcome.done)
+    if outcome.ending is Ending.OK:
+        return Decision(deliver=ids)
+    if outcome.ending in (Ending.STOPPED, Ending.SPAWN):
+        # Not the messages' doing: clean traffic goes back to the queue, suspects
+        # stay suspects, exactly as they were.
+        systemic = outcome.ending is Ending.SPAWN
+        if batch.lane is Lane.SUSPECT and rest:
+            again = Batch(ids=rest, lane=Lane.SUSPECT, path=batch.path, hunt=batch.hunt)
+            return Decision(deliver=done, retry=(again,), systemic=systemic)
+        return Decision(deliver=done, requeue=rest, systemic=systemic)
+    if not rest:
+        return Decision(deliver=done)
+    handled = Decision(deliver=done)
+    pending = [i for i in outcome.begun if i in rest]
+    pending = list(dict.fromkeys(pending))
+    if outcome.ending in STRIKING and len(pending) == 1:
+        # Progress lines name the message that was being scanned: it alone is blamed,
+        # the ones never begun go back to the normal queue untouched.
+        culprit = pending[0]
+        not_begun = tuple(i for i in rest if i != culprit)
+        return merge(handled, Decision(requeue=not_begun), _strike(culprit, batch, strikes, k))
+    if len(rest) == 1 and outcome.ending in STRIKING:
+        return merge(handled, _strike(rest[0], batch, strikes, k))
+    if pending:
+        # Several begun and unfinished (a parallel scanner): hunt among those only.
+        not_begun = tuple(i for i in rest if i not in pending)
+        return merge(
+            handled, Decision(requeue=not_begun, retry=bisect(batch, tuple(pending), hunt))
+        )
+    return merge(handled, Decision(retry=bisect(batch, rest, hunt)))
+
+
+def suspect_slots(total_workers: int, clean_waiting: bool) -> int:
+    """How many workers may serve the suspect lane: a quarter (at least one) while
+    clean traffic waits, so the queue keeps flowing while poison is hunted."""
+    if not clean_waiting:
+        return total_workers
+    return max(1, total_workers // 4)
+
+
+@dataclass
+class Hunts:
+    """Tracks split batches so a crash that no half reproduces is recorded as
+    unexplained instead of being chased forever."""
+
+    open: dict[str, list] = field(default_factory=dict)  # hunt -> [halves left, crashed?, ids]
+
+    def start(self, hunt: str, decision: Decision, ids: tuple[str, ...]) -> None:
+        children = [b for b in decision.retry if b.hunt == hunt]
+        if children:
+            self.open[hunt] = [len(children), False, ids]
+
+    def finish(self, batch: Batch, crashed: bool) -> tuple[str, ...] | None:
+        """Note that a half ended; return the hunt's IDs if no half crashed."""
+        entry = self.open.get(batch.hunt) if batch.hunt else None
+        if entry is None:
+            return None
+        entry[0] -= 1
+        entry[1] = entry[1] or crashed
+        if entry[0] > 0:
+            return None
+        del self.open[batch.hunt]
+        return None if entry[1] else entry[2]

@@ -1,0 +1,343 @@
+"""Worker processes: the only module that imports subprocess and psutil.
+
+Every worker leads its own process group (its own session); qsup kills the whole
+group, plus every descendant it has seen, so grandchildren die too. ESRCH means
+"already dead", never an error.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import os
+import resource
+import signal
+import subprocess
+from dataclasses import dataclass, field
+
+import psutil
+
+MAX_LINE = 512  # longer status lines are dropped and counted, never trusted
+STDERR_TAIL = 2048
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+class SpawnError(Exception):
+    """The worker could not be started (missing binary, not executable, fork failed)."""
+
+
+def become_subreaper() -> bool:
+    """Orphans of our workers (daemonised grandchildren) are re-parented to qsup,
+    which then can find, kill and reap them instead of leaking them."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def signal_name(num: int) -> str:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return f"SIG{num}"
+
+
+def _nonblock(fd: int) -> None:
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
+
+
+def _kill(pid: int, sig: int = signal.SIGKILL) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _killpg(pgid: int, sig: int = signal.SIGKILL) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class LineReader:
+    """Splits a non-blocking byte stream into bounded lines."""
+
+    def __init__(self) -> None:
+        self.buf = b""
+        self.overlong = 0
+        self._dropping = False
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self.buf += data
+        lines = []
+        while True:
+            nl = self.buf.find(b"\n")
+            if nl < 0:
+                if len(self.buf) > MAX_LINE:
+                    if not self._dropping:
+                        self.overlong += 1
+                    self._dropping, self.buf = True, b""
+                return lines
+            line, self.buf = self.buf[:nl], self.buf[nl + 1 :]
+            if self._dropping or len(line) > MAX_LINE:
+                if not self._dropping:
+                    self.overlong += 1
+                self._dropping = False
+                continue
+            lines.append(line)
+
+
+@dataclass
+class Exit:
+    code: int | None  # exit status, or None if killed by a signal
+    signal: int | None
+
+
+@dataclass
+class WorkerProcess:
+    """One running worker. ``fds`` are what the supervisor's selector watches."""
+
+    popen: subprocess.Popen
+    started: float
+    persistent: bool
+    status_fd: int | None = None  # read end of QSUP_STATUS_FD, or stdout in persistent mode
+    stderr_fd: int | None = None
+    lines: LineReader = field(default_factory=LineReader)
+    stderr_tail: bytes = b""
+    peak_rss: int = 0
+    seen: set[int] = field(default_factory=set)  # descendants ever observed
+    exit: Exit | None = None
+    killed_by_us: str | None = None  # "timeout" | "memory" | "stopped" when qsup killed it
+    ready: bool = False  # persistent: said `ready` (it is set up and reads batches)
+    batches: int = 0  # batches served (persistent workers are recycled after some)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def fds(self) -> list[int]:
+        return [fd for fd in (self.status_fd, self.stderr_fd) if fd is not None]
+
+    def read(self, fd: int) -> list[bytes]:
+        """Read what is available on *fd*; return complete status lines."""
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return []
+        except OSError:
+            data = b""
+        if not data:
+            self._close_fd(fd)
+            return []
+        if fd == self.stderr_fd:
+            self.stderr_tail = (self.stderr_tail + data)[-STDERR_TAIL:]
+            return []
+        return self.lines.feed(data)
+
+    def _close_fd(self, fd: int) -> None:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+        if fd == self.status_fd:
+            self.status_fd = None
+        if fd == self.stderr_fd:
+            self.stderr_fd = None
+
+    def send(self, text: str) -> bool:
+        """Write to a persistent worker's stdin; False if it is gone."""
+        try:
+            self.popen.stdin.write(text.encode())
+            self.popen.stdin.flush()
+            return True
+        except (BrokenPipeError, OSError, ValueError):
+            return False
+
+    def sample(self) -> int:
+        """RSS of the whole process tree, in bytes; remembers descendants."""
+        try:
+            proc = psutil.Process(self.pid)
+            tree = [proc] + proc.children(recursive=True)
+        except psutil.Error:
+            return 0
+        total = 0
+        for p in tree:
+            try:
+                total += p.memory_info().rss
+                self.seen.add(p.pid)
+            except psutil.Error:
+                pass
+        self.peak_rss = max(self.peak_rss, total)
+        return total
+
+    def kill(self, why: str | None = None) -> None:
+        """Kill the process group and every descendant seen. *why* marks the kill as
+        qsup's own, so the ending is classified by it and not as a crash."""
+        if why and self.killed_by_us is None and self.exit is None:
+            self.killed_by_us = why
+        _killpg(self.pid)
+        try:
+            for child in psutil.Process(self.pid).children(recursive=True):
+                self.seen.add(child.pid)
+        except psutil.Error:
+            pass
+        for pid in self.seen - {self.pid}:
+            _kill(pid)
+        if self.exit is None:
+            _kill(self.pid)
+
+    def terminate(self) -> None:
+        """Ask politely (warm stop of a persistent worker)."""
+        _killpg(self.pid, signal.SIGTERM)
+
+    def poll(self) -> Exit | None:
+        """Reap the worker if it has exited."""
+        if self.exit is not None:
+            return self.exit
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            pid, status = self.pid, 0
+        if pid == 0:
+            return None
+        self.popen.returncode = os.waitstatus_to_exitcode(status)
+        if os.WIFSIGNALED(status):
+            self.exit = Exit(code=None, signal=os.WTERMSIG(status))
+        else:
+            self.exit = Exit(code=os.WEXITSTATUS(status), signal=None)
+        return self.exit
+
+    def close(self) -> list[bytes]:
+        """After exit: kill leftovers of the group, drain and close the pipes.
+        Returns the status lines still in the pipe."""
+        self.kill()
+        lines: list[bytes] = []
+        for fd in self.fds:
+            while True:
+                try:
+                    data = os.read(fd, 65536)
+                except OSError:
+                    break
+                if not data:
+                    break
+                if fd == self.stderr_fd:
+                    self.stderr_tail = (self.stderr_tail + data)[-STDERR_TAIL:]
+                else:
+                    lines += self.lines.feed(data)
+            self._close_fd(fd)
+        if self.popen.stdin:
+            try:
+                self.popen.stdin.close()
+            except OSError:
+                pass
+        return lines
+
+
+def spawn(
+    argv: list[str],
+    *,
+    env: dict[str, str],
+    now: float,
+    persistent: bool,
+    rlimit_as_mb: int | None = None,
+) -> WorkerProcess:
+    """Start a worker in its own session. Raises SpawnError if it cannot start."""
+    err_r, err_w = os.pipe()
+    status_r = status_w = None
+    env = dict(env)
+    if not persistent:
+        status_r, status_w = os.pipe()
+        env["QSUP_STATUS_FD"] = str(status_w)
+    limit = rlimit_as_mb * 1024 * 1024 if rlimit_as_mb else None
+
+    def preexec() -> None:  # runs in the child between fork and exec
+        if limit:
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+
+    try:
+        popen = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE if persistent else subprocess.DEVNULL,
+            stdout=subprocess.PIPE if persistent else subprocess.DEVNULL,
+            stderr=err_w,
+            env=env,
+            pass_fds=() if persistent else (status_w,),
+            start_new_session=True,
+            preexec_fn=preexec,
+            close_fds=True,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        for fd in (err_r, err_w, status_r, status_w):
+            if fd is not None:
+                os.close(fd)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise SpawnError(f"cannot start {argv[0]!r}: {reason}") from None
+    os.close(err_w)
+    if status_w is not None:
+        os.close(status_w)
+    out_fd = popen.stdout.fileno() if persistent else status_r
+    _nonblock(err_r)
+    _nonblock(out_fd)
+    return WorkerProcess(
+        popen=popen, started=now, persistent=persistent, status_fd=out_fd, stderr_fd=err_r
+    )
+
+
+def reap_orphans(known: set[int]) -> int:
+    """Kill and reap processes re-parented to qsup (see :func:`become_subreaper`)
+    that are not live workers. Returns how many were found."""
+    found = 0
+    try:
+        children = psutil.Process().children()
+    except psutil.Error:
+        return 0
+    for child in children:
+        if child.pid in known:
+            continue
+        found += 1
+        _kill(child.pid)
+        try:
+            os.waitpid(child.pid, 0)
+        except ChildProcessError:
+            pass
+    return found
+
+
+def kill_stale_workers(owner: str) -> int:
+    """Kill workers a dead qsup of this state directory left running (they carry
+    ``QSUP_OWNER``); they would otherwise go on scanning messages qsup re-dispatches."""
+    killed = 0
+    me = os.getpid()
+    for proc in psutil.process_iter(["pid"]):
+        if proc.pid == me:
+            continue
+        try:
+            if proc.environ().get("QSUP_OWNER") != owner:
+                continue
+            _killpg(os.getpgid(proc.pid))
+            _kill(proc.pid)
+            killed += 1
+        except (psutil.Error, ProcessLookupError, PermissionError):
+            continue
+    return killed
+
+
+def rss_of_self() -> int:
+    return psutil.Process().memory_info().rss
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+__all__ = [
+    "SpawnError", "WorkerProcess", "spawn", "reap_orphans", "become_subreaper", "kill_stale_workers",
+    "signal_name", "rss_of_self", "pid_alive", "Exit", "LineReader",
+]

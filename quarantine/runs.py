@@ -1,0 +1,103 @@
+"""One batch on one worker: its progress lines, its deadline, how it ended.
+
+A Run turns what a worker process did into a policy Outcome; it decides nothing
+about messages. Time is passed in.
+"""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass, field
+
+from quarantine.policy import Batch, Ending, Outcome
+from quarantine.process import WorkerProcess, signal_name
+
+# exit statuses with which shells and env(1) say "could not run the command"
+_EXEC_FAILED = (126, 127)
+
+
+@dataclass
+class Run:
+    batch_id: str
+    batch: Batch
+    proc: WorkerProcess
+    started: float  # monotonic
+    started_wall: float
+    deadline: float
+    fps: dict[str, str]  # queue ID -> fingerprint
+    sizes: dict[str, int]
+    timeout: float
+    canary: bool = False
+    begun: list[str] = field(default_factory=list)
+    done: set[str] = field(default_factory=set)
+    verdicts: dict[str, str] = field(default_factory=dict)
+    ignored: int = 0  # garbage, foreign IDs, over-long lines
+    ended_batch: bool = False  # persistent: the end line arrived
+    last_line: float | None = None
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        return self.batch.ids
+
+    def line(self, raw: bytes, now: float) -> None:
+        """Take one status line; anything not about this batch is counted and dropped."""
+        try:
+            words = raw.decode("ascii").split()
+        except UnicodeDecodeError:
+            self.ignored += 1
+            return
+        if not words:
+            return
+        verb, args = words[0], words[1:]
+        if verb == "ready" and not args and self.proc.persistent:
+            self.proc.ready = True
+            return
+        if verb == "end" and args == [self.batch_id] and self.proc.persistent:
+            self.ended_batch = True
+            return
+        if verb not in ("begin", "done") or not args or args[0] not in self.fps:
+            self.ignored += 1
+            return
+        qid = args[0]
+        self.last_line = now
+        self.deadline = now + self.timeout
+        if verb == "begin":
+            self.begun.append(qid)
+        else:
+            self.done.add(qid)
+            if len(args) > 1:
+                self.verdicts[qid] = " ".join(args[1:])[:200]
+
+    def finished(self) -> bool:
+        return self.ended_batch or self.proc.exit is not None
+
+    def ending(self) -> tuple[Ending, dict]:
+        """Classify how the run ended, with the details ``qsup show`` prints."""
+        proc = self.proc
+        detail = {"pid": proc.pid, "peak_rss": proc.peak_rss}
+        if self.ended_batch:
+            return Ending.OK, detail
+        if proc.killed_by_us in ("timeout", "memory", "stopped"):
+            return Ending(proc.killed_by_us), detail
+        ex = proc.exit
+        if ex is None:
+            return Ending.STOPPED, detail
+        if ex.signal is not None:
+            detail["signal"] = signal_name(ex.signal)
+            if ex.signal == signal.SIGKILL:
+                return Ending.KILLED, detail  # not ours: most likely the OOM killer
+            return Ending.SIGNAL, detail
+        detail["exit_code"] = ex.code
+        if ex.code == 0:
+            if proc.persistent:
+                return Ending.EXIT, detail  # a persistent worker must not just leave
+            return Ending.OK, detail
+        if ex.code in _EXEC_FAILED and not self.begun and not self.done:
+            return Ending.SPAWN, detail
+        if proc.persistent and not proc.ready and not self.begun:
+            return Ending.SPAWN, detail  # died before reading anything
+        return Ending.EXIT, detail
+
+    def outcome(self) -> Outcome:
+        ending, _ = self.ending()
+        return Outcome(ending=ending, begun=tuple(self.begun), done=frozenset(self.done))

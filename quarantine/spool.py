@@ -1,0 +1,192 @@
+"""The spool-directory queue (CONTRACT §3), a built-in plugin.
+
+    SPOOL/tmp/         writers create files here, then rename() into incoming/
+    SPOOL/incoming/    one regular file per message; the file name is the queue ID
+    SPOOL/outgoing/    scanned messages
+    SPOOL/quarantine/  poison messages (0700, files 0600)
+
+Anything in incoming/ that is not a regular file with a queue-ID name is never read,
+moved or followed, and reported once. Moves are rename() within the file system and
+never overwrite: a name already taken gets the fingerprint appended.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import heapq
+import os
+import stat
+from typing import Callable
+
+from quarantine.hookspecs import MessageRef, Move, hookimpl
+from quarantine.ids import FINGERPRINT_BYTES, fingerprint, is_queue_id
+
+SUBDIRS = ("tmp", "incoming", "outgoing", "quarantine")
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_REPORTED_CAP = 100_000  # how many odd names are remembered so each is reported once
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_renameat2 = getattr(_libc, "renameat2", None)
+_AT_FDCWD, _RENAME_NOREPLACE = -100, 1
+
+
+def rename_noreplace(src: str, dst: str) -> None:
+    """Atomic rename that fails with FileExistsError instead of replacing *dst*."""
+    if _renameat2 is not None:
+        rc = _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE)
+        if rc == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.ENOSYS, errno.EINVAL):
+            raise OSError(err, os.strerror(err), src)
+    os.link(src, dst, follow_symlinks=False)  # EEXIST instead of overwriting
+    os.unlink(src)
+
+
+def describe_name(name: str) -> str:
+    """A name made safe for a one-line report (newlines, bad UTF-8 escaped)."""
+    return ascii(os.fsencode(name))[2:-1] if not name.isprintable() else repr(name)
+
+
+class SpoolQueue:
+    name = "spool"
+
+    def __init__(self, root: str):
+        self.root = os.path.abspath(root)
+        for sub in SUBDIRS:
+            os.makedirs(self.dir(sub), mode=0o700 if sub == "quarantine" else 0o755, exist_ok=True)
+        os.chmod(self.dir("quarantine"), 0o700)
+        self._reported: set[str] = set()
+        self._new_reports: list[str] = []
+
+    def dir(self, sub: str) -> str:
+        return os.path.join(self.root, sub)
+
+    def _report(self, name: str, why: str) -> None:
+        if name in self._reported or len(self._reported) >= _REPORTED_CAP:
+            return
+        self._reported.add(name)
+        self._new_reports.append(f"incoming/{describe_name(name)}: {why}; left alone")
+
+    def _entries(self, skip: Callable[[str], bool]):
+        with os.scandir(self.dir("incoming")) as it:
+            for entry in it:
+                name = entry.name
+                if not is_queue_id(name):
+                    self._report(name, "not a queue ID")
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if not stat.S_ISREG(st.st_mode):
+                    kind = _kind(st.st_mode)
+                    self._report(name, f"is a {kind}, not a regular file")
+                    continue
+                if st.st_size == 0:
+                    self._report(name, "is empty (passed to the scanner as it is)")
+                if skip(name):
+                    continue
+                yield (st.st_mtime, name, st.st_size)
+
+    def pending(self, limit: int, skip: Callable[[str], bool]) -> list[MessageRef]:
+        # nsmallest keeps only `limit` entries however large the directory is.
+        oldest = heapq.nsmallest(limit, self._entries(skip))
+        return [MessageRef(qid=n, size=size, age_key=mtime) for mtime, n, size in oldest]
+
+    def depth(self) -> int:
+        with os.scandir(self.dir("incoming")) as it:
+            return sum(1 for e in it if is_queue_id(e.name) and e.is_file(follow_symlinks=False))
+
+    def _identify_path(self, path: str) -> tuple[int, str] | None:
+        try:
+            fd = os.open(path, _OPEN_FLAGS)
+        except (FileNotFoundError, OSError):
+            return None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            head = os.read(fd, FINGERPRINT_BYTES)
+            return st.st_size, fingerprint(st.st_size, head)
+        finally:
+            os.close(fd)
+
+    def identify(self, qid: str) -> tuple[int, str] | None:
+        return self._identify_path(os.path.join(self.dir("incoming"), qid))
+
+    def scan_path(self, qid: str) -> str:
+        return os.path.join(self.dir("incoming"), qid)
+
+    def scan_done(self, qid: str) -> None:
+        pass
+
+    def plan(self, qid: str, fp: str, dest: str, origin: str = "incoming", source: str = "") -> Move:
+        name = qid
+        base = f"{qid[:110]}.{fp[:12]}"
+        n = 0
+        while os.path.lexists(os.path.join(self.dir(dest), name)):
+            n += 1
+            name = base if n == 1 else f"{base}.{n}"
+        return Move(qid=qid, fp=fp, dest=dest, name=name, origin=origin, source=source)
+
+    def _src(self, move: Move) -> str:
+        return os.path.join(self.dir(move.origin), move.source or move.qid)
+
+    def apply(self, move: Move) -> str:
+        src, dst = self._src(move), os.path.join(self.dir(move.dest), move.name)
+        ident = self._identify_path(src)
+        if ident is not None and ident[1] == move.fp:
+            rename_noreplace(src, dst)
+            if move.dest == "quarantine":
+                os.chmod(dst, 0o600, follow_symlinks=False)
+            return "moved"
+        found = self._identify_path(dst)
+        if found is not None and found[1] == move.fp:
+            return "already"
+        return "gone"
+
+    def head(self, location: str, name: str, limit: int) -> bytes:
+        if location not in SUBDIRS or not is_queue_id(name):
+            return b""
+        try:
+            fd = os.open(os.path.join(self.dir(location), name), _OPEN_FLAGS)
+        except OSError:
+            return b""
+        try:
+            return os.read(fd, limit) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+        finally:
+            os.close(fd)
+
+    def purge(self, name: str) -> bool:
+        if not is_queue_id(name):
+            return False
+        try:
+            os.unlink(os.path.join(self.dir("quarantine"), name))
+            return True
+        except FileNotFoundError:
+            return False
+
+    def reports(self) -> list[str]:
+        out, self._new_reports = self._new_reports, []
+        return out
+
+
+def _kind(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISLNK, "symlink"),
+        (stat.S_ISDIR, "directory"),
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+    ):
+        if test(mode):
+            return kind
+    return "special file"
+
+
+@hookimpl
+def qsup_queue_types():
+    return {"spool": lambda config: SpoolQueue(config.spool)}

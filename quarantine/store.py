@@ -1,0 +1,173 @@
+"""The LMDB state store: the only module that imports lmdb.
+
+Named databases, values are compact JSON:
+
+  meta        schema, breaker, recovery report, counters
+  inflight    queue ID -> batch ID            (written durably before a worker starts)
+  batches     batch ID -> the batch and its worker (pid, start, attempt, lane, path)
+  pending     batch ID -> a suspect batch waiting for a worker (survives restarts)
+  history     message key -> strikes and the last attempts (bounded)
+  quarantine  message key -> the quarantine record
+  done        message key -> completion record (where it went, when)
+  intents     queue ID -> a move about to happen (write-ahead, see moves.py)
+
+A message key is ``ID:fingerprint`` so a reused queue ID starts with a clean record.
+Only the supervisor holding ``lock`` writes; other commands read, or ask it.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import lmdb
+
+from quarantine.errors import StateError, StateFull, StateLocked
+
+SCHEMA = 1
+DBS = ("meta", "inflight", "batches", "pending", "history", "quarantine", "done", "intents")
+DEFAULT_MAP_MB = 1024
+
+
+def _enc(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def _dec(raw: bytes | None) -> Any:
+    return None if raw is None else json.loads(raw)
+
+
+class Txn:
+    """A transaction over the named databases with JSON values."""
+
+    def __init__(self, txn: lmdb.Transaction, dbs: dict):
+        self._txn, self._dbs = txn, dbs
+
+    def get(self, db: str, key: str) -> Any:
+        return _dec(self._txn.get(key.encode(), db=self._dbs[db]))
+
+    def put(self, db: str, key: str, value: Any) -> None:
+        self._txn.put(key.encode(), _enc(value), db=self._dbs[db])
+
+    def delete(self, db: str, key: str) -> None:
+        self._txn.delete(key.encode(), db=self._dbs[db])
+
+    def items(self, db: str, prefix: str = "") -> Iterator[tuple[str, Any]]:
+        with self._txn.cursor(db=self._dbs[db]) as cur:
+            if prefix and not cur.set_range(prefix.encode()):
+                return
+            for k, v in cur if prefix else cur.iternext():
+                key = k.decode()
+                if prefix and not key.startswith(prefix):
+                    return
+                yield key, _dec(v)
+
+    def count(self, db: str) -> int:
+        return self._txn.stat(self._dbs[db])["entries"]
+
+
+class Store:
+    def __init__(self, path: str, *, readonly: bool = False, map_mb: int = DEFAULT_MAP_MB):
+        self.path = path
+        self.readonly = readonly
+        self._lockfd: int | None = None
+        try:
+            if not readonly:
+                os.makedirs(path, mode=0o700, exist_ok=True)
+                self._lock()
+            elif not os.path.exists(os.path.join(path, "data.mdb")):
+                raise StateError(f"no qsup state in {path} (run qsup drain or qsup run first)")
+            self.env = lmdb.open(
+                path,
+                max_dbs=len(DBS),
+                map_size=map_mb * 1024 * 1024,
+                readonly=readonly,
+                lock=True,
+                subdir=True,
+                mode=0o600,
+                max_readers=64,
+            )
+            self.dbs = {name: self.env.open_db(name.encode(), create=not readonly) for name in DBS}
+        except lmdb.Error as exc:
+            self.close()
+            raise StateError(f"state directory {path}: {exc}") from None
+        except PermissionError as exc:
+            self.close()
+            raise StateError(f"state directory {path} is not writable: {exc.strerror}") from None
+        except OSError as exc:
+            self.close()
+            raise StateError(f"state directory {path}: {exc.strerror or exc}") from None
+        if not readonly:
+            with self.write() as w:
+                schema = w.get("meta", "schema")
+                if schema not in (None, SCHEMA):
+                    raise StateError(f"state in {path} has schema {schema}, expected {SCHEMA}")
+                w.put("meta", "schema", SCHEMA)
+
+    def _lock(self) -> None:
+        lockfile = os.path.join(self.path, "lock")
+        fd = os.open(lockfile, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise StateLocked(f"state directory {self.path} is in use by another qsup (pid {holder})")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lockfd = fd
+
+    @staticmethod
+    def holder(path: str) -> int | None:
+        """The pid of the qsup holding *path*, or None if nobody does."""
+        try:
+            fd = os.open(os.path.join(path, "lock"), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raw = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            return int(raw) if raw.isdigit() else -1
+        finally:
+            os.close(fd)
+        return None
+
+    @contextmanager
+    def write(self) -> Iterator[Txn]:
+        """A durable write transaction: on return the data is on disk."""
+        if self.readonly:
+            raise StateError("state opened read-only")
+        try:
+            with self.env.begin(write=True) as txn:
+                yield Txn(txn, self.dbs)
+        except lmdb.MapFullError:
+            raise StateFull(
+                f"state map in {self.path} is full: raise map_size_mb and restart"
+            ) from None
+        except lmdb.Error as exc:
+            if isinstance(exc, lmdb.DiskError) or "No space" in str(exc):
+                raise StateFull(f"disk under {self.path} is full: {exc}") from None
+            raise StateError(f"state write failed in {self.path}: {exc}") from None
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise StateFull(f"disk under {self.path} is full") from None
+            raise
+
+    @contextmanager
+    def read(self) -> Iterator[Txn]:
+        with self.env.begin(write=False) as txn:
+            yield Txn(txn, self.dbs)
+
+    def close(self) -> None:
+        env = getattr(self, "env", None)
+        if env is not None:
+            env.close()
+            self.env = None
+        if self._lockfd is not None:
+            os.close(self._lockfd)
+            self._lockfd = None

@@ -1,0 +1,754 @@
+"""The supervisor loop: reap the finished, act on the policy's decisions, start
+work up to the wanted count. Signal handlers only set flags; this loop acts.
+
+Only the supervisor writes the LMDB state, and it never forks while holding a
+transaction: workers are fresh processes (exec), never forks of qsup.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+import selectors
+import time
+from collections import Counter, deque
+from dataclasses import asdict
+from enum import IntEnum
+from typing import Callable
+
+from quarantine import canary, moves, ops
+from quarantine.breaker import Breaker
+from quarantine.config import Config
+from quarantine.errors import EXIT_BREAKER, EXIT_OK
+from quarantine.headers import HEAD_BYTES, summary
+from quarantine.hookspecs import MessageRef, Queue, Scanner
+from quarantine.ids import message_key
+from quarantine.policy import (
+    CRASHES,
+    Batch,
+    Decision,
+    Ending,
+    Hunts,
+    Lane,
+    Outcome,
+    decide,
+    suspect_slots,
+)
+from quarantine.process import (
+    SpawnError,
+    WorkerProcess,
+    kill_stale_workers,
+    reap_orphans,
+    spawn,
+)
+from quarantine.runs import Run
+from quarantine.store import Store
+
+log = logging.getLogger("qsup")
+STATUS_EVERY = 1.0
+TICK = 0.05
+
+
+class Stop(IntEnum):
+    NONE = 0
+    WARM = 1
+    COLD = 2
+
+
+def batch_to_json(batch: Batch, fps: dict[str, str]) -> dict:
+    return {"ids": list(batch.ids), "lane": batch.lane.value, "path": list(batch.path),
+            "hunt": batch.hunt, "fps": {q: fps[q] for q in batch.ids if q in fps}}
+
+
+def batch_from_json(data: dict) -> tuple[Batch, dict[str, str]]:
+    batch = Batch(ids=tuple(data["ids"]), lane=Lane(data["lane"]), path=tuple(data["path"]),
+                  hunt=data.get("hunt"))
+    return batch, dict(data.get("fps", {}))
+
+
+class Supervisor:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        queue: Queue,
+        scanner: Scanner,
+        hooks,
+        *,
+        state_dir: str,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        adopt_orphans: bool = False,
+        mode: str = "drain",
+    ):
+        self.config = config
+        self.store, self.queue, self.scanner, self.hooks = store, queue, scanner, hooks
+        self.state_dir = os.path.realpath(state_dir)
+        self.clock, self.wall = clock, wall
+        self.adopt_orphans = adopt_orphans
+        self.mode = mode
+        self.breaker = Breaker(config.storm_limit, config.storm_window)
+        self.hunts = Hunts()
+        self.runs: dict[str, Run] = {}
+        self.idle: list[WorkerProcess] = []
+        self.suspects: deque[tuple[Batch, dict[str, str]]] = deque()
+        self.buffer: deque[MessageRef] = deque()
+        self.buffered: set[str] = set()
+        self.busy: dict[str, str] = {}  # queue ID -> fingerprint, in flight or suspect
+        self.awaiting: dict[str, dict] = {}  # message key -> quarantine candidate
+        self.canary_run: Run | None = None
+        self.canary_path = canary.prepare(self.state_dir, config.canary)
+        self.last_canary_pass = -math.inf
+        self.stats: Counter = Counter()
+        self.sel = selectors.DefaultSelector()
+        self.fdmap: dict[int, WorkerProcess] = {}
+        self.stop = Stop.NONE
+        self.stop_deadline = math.inf
+        self.reload: Callable[[], Config] | None = None
+        self._reload_wanted = False
+        self._ids = itertools.count(1)
+        self._last_list = -math.inf
+        self._last_status = -math.inf
+        self._last_depth = (-math.inf, 0)
+        self._last_sweep = -math.inf
+        self._last_requests = -math.inf
+        self._said_breaker = False
+        self._rates: deque = deque()  # (time, delivered) for throughput
+        self.started = clock()
+        self.on_tick: Callable[["Supervisor"], None] | None = None
+
+    # ----------------------------------------------------------------- signals
+    def request_stop(self) -> None:
+        """First call: warm stop; second: cold stop. Safe in a signal handler."""
+        self.stop = Stop.COLD if self.stop else Stop.WARM
+
+    def request_reload(self) -> None:
+        self._reload_wanted = True
+
+    # -------------------------------------------------------------------- loop
+    def serve(self, follow: bool) -> int:
+        """Drain the queue (follow=False) or keep watching it (follow=True)."""
+        self.recover()
+        code = EXIT_OK
+        try:
+            while True:
+                now = self.clock()
+                self._stop_tick(now)
+                self._collect(now)
+                if self.stop and not self.runs and self.canary_run is None:
+                    break
+                if self._reload_wanted:
+                    self._do_reload()
+                if not self.stop:
+                    self._canary_tick(now)
+                    self._refill(now, force=not follow and not self.buffer)
+                    self._dispatch(now)
+                    if not follow and self._drained():
+                        break
+                    if not follow and self._gave_up(now):
+                        code = EXIT_BREAKER
+                        break
+                self._status(now)
+                self._requests(now)
+                if self.on_tick:
+                    self.on_tick(self)
+                self._wait(now)
+        finally:
+            self._shutdown()
+        return code
+
+    def _stop_tick(self, now: float) -> None:
+        if self.stop is Stop.WARM and self.stop_deadline == math.inf:
+            self.stop_deadline = now + self.config.grace
+            log.info("warm stop: letting %d batch(es) finish (grace %.0fs)", len(self.runs), self.config.grace)
+        if self.stop is Stop.COLD or (self.stop and now >= self.stop_deadline):
+            for run in list(self.runs.values()) + ([self.canary_run] if self.canary_run else []):
+                run.proc.kill("stopped")
+
+    def _drained(self) -> bool:
+        return not (self.runs or self.canary_run or self.suspects or self.awaiting or self.buffer
+                    or self.breaker.is_open)
+
+    def _gave_up(self, now: float) -> bool:
+        if not self.breaker.is_open or now - self.breaker.since < self.config.max_wait:
+            return False
+        log.error("breaker open for %.0fs (%s): giving up; nothing was quarantined because of it",
+                  now - self.breaker.since, self.breaker.reason)
+        return True
+
+    # ------------------------------------------------------------------- queue
+    def _refill(self, now: float, force: bool = False) -> None:
+        cap = self.config.workers * self.config.batch_size
+        if len(self.buffer) >= cap * 2:
+            return
+        if not force and now - self._last_list < self.config.poll_interval:
+            return
+        self._last_list = now
+        skip = lambda q: q in self.busy or q in self.buffered  # noqa: E731
+        for ref in self.queue.pending(cap * 4, skip):
+            self.buffer.append(ref)
+            self.buffered.add(ref.qid)
+        for line in self.queue.reports():
+            log.warning("%s", line)
+            self.stats["odd_entries"] += 1
+
+    # ---------------------------------------------------------------- dispatch
+    def _dispatch(self, now: float) -> None:
+        if self.breaker.is_open:
+            return
+        workers = self.config.workers
+        free = workers - len(self.runs)
+        in_suspect = sum(1 for r in self.runs.values() if r.batch.lane is Lane.SUSPECT)
+        allowance = suspect_slots(workers, bool(self.buffer)) - in_suspect
+        batches: list[tuple[Batch, dict[str, str]]] = []
+        while free > 0 and allowance > 0 and self.suspects:
+            batches.append(self.suspects.popleft())
+            free, allowance = free - 1, allowance - 1
+        while free > 0 and self.buffer:
+            refs = [self.buffer.popleft() for _ in range(min(self.config.batch_size, len(self.buffer)))]
+            for ref in refs:
+                self.buffered.discard(ref.qid)
+            batches.append((Batch(ids=tuple(r.qid for r in refs)), {}))
+            free -= 1
+        if batches:
+            self._start(batches, now)
+
+    def _identify(self, batch: Batch, known: dict[str, str]) -> tuple[Batch, dict, dict]:
+        """Fingerprint the batch's messages; drop the ones gone or replaced."""
+        fps, sizes, keep = {}, {}, []
+        for qid in batch.ids:
+            ident = self.queue.identify(qid)
+            if ident is None or (qid in known and known[qid] != ident[1]):
+                why = "vanished" if ident is None else "was replaced by a new message"
+                log.warning("%s %s while qsup held it; the old content is no longer in the queue", qid, why)
+                self.busy.pop(qid, None)
+                self.stats["vanished"] += 1
+                continue
+            sizes[qid], fps[qid] = ident
+            keep.append(qid)
+        return Batch(ids=tuple(keep), lane=batch.lane, path=batch.path, hunt=batch.hunt), fps, sizes
+
+    def _new_batch_id(self) -> str:
+        return f"{int(self.wall() * 1000):x}-{os.getpid():x}-{next(self._ids):x}"
+
+    def _start(self, batches: list[tuple[Batch, dict[str, str]]], now: float) -> None:
+        ready = []
+        for batch, known in batches:
+            batch, fps, sizes = self._identify(batch, known)
+            if batch.ids:
+                ready.append((self._new_batch_id(), batch, fps, sizes, known))
+        if not ready:
+            return
+        wall = self.wall()
+        # The in-flight record is on disk before any worker starts (LMDB commits sync).
+        with self.store.write() as w:
+            for batch_id, batch, fps, sizes, known in ready:
+                for qid in batch.ids:
+                    w.put("inflight", qid, batch_id)
+                    self.busy[qid] = fps[qid]
+                record = batch_to_json(batch, fps)
+                record.update(started=wall, qsup=os.getpid(), pid=None)
+                w.put("batches", batch_id, record)
+                if known.get("__pending__"):
+                    w.delete("pending", known["__pending__"])
+        for batch_id, batch, fps, sizes, _ in ready:
+            self._launch(batch_id, batch, fps, sizes, now, wall)
+        with self.store.write() as w:
+            for batch_id, run in self.runs.items():
+                if run.started == now and not run.canary:
+                    rec = w.get("batches", batch_id)
+                    if rec is not None and rec.get("pid") is None:
+                        rec["pid"] = run.proc.pid
+                        w.put("batches", batch_id, rec)
+
+    def _worker_env(self, batch_id: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self.scanner.environment())
+        env["QSUP_BATCH_ID"] = batch_id
+        env["QSUP_OWNER"] = self.state_dir
+        if self.scanner.mode == "persistent":
+            env["QSUP_PERSISTENT"] = "1"
+        return env
+
+    def _proc_for(self, batch_id: str, paths: list[str], now: float, fresh: bool) -> WorkerProcess:
+        persistent = self.scanner.mode == "persistent"
+        if persistent and self.idle and not fresh:
+            return self.idle.pop()
+        argv = self.scanner.command() + ([] if persistent else paths)
+        proc = spawn(argv, env=self._worker_env(batch_id), now=now, persistent=persistent,
+                     rlimit_as_mb=self.config.rlimit_as_mb)
+        for fd in proc.fds:
+            self.sel.register(fd, selectors.EVENT_READ)
+            self.fdmap[fd] = proc
+        return proc
+
+    def _launch(self, batch_id, batch, fps, sizes, now, wall, is_canary=False) -> Run | None:
+        paths = [self.queue.scan_path(q) for q in batch.ids] if not is_canary else [self.canary_path]
+        try:
+            proc = self._proc_for(batch_id, paths, now, fresh=is_canary)
+        except SpawnError as exc:
+            self._spawn_failed(batch_id, batch, fps, str(exc), now, is_canary)
+            return None
+        proc.peak_rss, proc.killed_by_us = 0, None
+        deadline = now + self.config.startup_allowance + self.config.timeout * len(batch.ids)
+        run = Run(batch_id=batch_id, batch=batch, proc=proc, started=now, started_wall=wall,
+                  deadline=deadline, fps=fps, sizes=sizes, timeout=self.config.timeout,
+                  canary=is_canary)
+        if proc.persistent:
+            lines = [f"batch {batch_id} {len(paths)}\n"]
+            lines += [f"{q} {p}\n" for q, p in zip(batch.ids, paths)]
+            proc.batches += 1
+            proc.send("".join(lines))  # a dead worker shows up as an exit in the loop
+        if is_canary:
+            self.canary_run = run
+        else:
+            self.runs[batch_id] = run
+            self.stats["batches"] += 1
+        return run
+
+    def _spawn_failed(self, batch_id, batch, fps, why, now, is_canary) -> None:
+        self.stats["spawn_failures"] += 1
+        if is_canary:
+            self._canary_failed(why, now)
+            return
+        if self.breaker.trip(f"worker cannot start: {why}", now):
+            self._announce_breaker()
+        outcome = Outcome(ending=Ending.SPAWN)
+        self._settle_batch(batch_id, batch, fps, {}, outcome, {"error": why}, now, duration=0.0,
+                           stderr=b"", verdicts={}, ignored=0)
+
+    # ------------------------------------------------------------------- watch
+    def _wait(self, now: float) -> None:
+        timeout = TICK if (self.runs or self.canary_run) else min(self.config.poll_interval, 0.25)
+        events = self.sel.select(timeout) if self.fdmap else (time.sleep(timeout) or [])
+        now = self.clock()
+        owners = {id(r.proc): r for r in self.all_runs()}
+        for key, _ in events:
+            proc = self.fdmap.get(key.fd)
+            if proc is None:
+                continue
+            lines = proc.read(key.fd)
+            if key.fd not in proc.fds:
+                self._forget_fd(key.fd)
+            run = owners.get(id(proc))
+            for line in lines:
+                if run is not None:
+                    run.line(line, now)
+        for run in self.all_runs():
+            self._watch(run, now)
+        for proc in list(self.idle):
+            if proc.poll() is not None:
+                self.idle.remove(proc)
+                self._close_proc(proc)
+        if self.adopt_orphans and now - self._last_sweep >= 2.0:
+            self._last_sweep = now
+            reap_orphans({r.proc.pid for r in self.all_runs()} | {p.pid for p in self.idle})
+
+    def all_runs(self) -> list[Run]:
+        return list(self.runs.values()) + ([self.canary_run] if self.canary_run else [])
+
+    def _watch(self, run: Run, now: float) -> None:
+        proc = run.proc
+        if proc.poll() is not None:
+            return
+        interval = self.config.rss_interval if self.config.max_rss_mb else 1.0
+        if now - getattr(run, "_sampled", -math.inf) >= interval:
+            run._sampled = now  # type: ignore[attr-defined]
+            rss = proc.sample()
+            if self.config.max_rss_mb and rss > self.config.max_rss_mb * 1024 * 1024:
+                proc.kill("memory")
+                return
+        if now >= run.deadline:
+            proc.kill("timeout")
+
+    def _retire(self, proc: WorkerProcess, polite: float = 0.0) -> None:
+        """End a worker on purpose (recycle, reload, stop, canary) and reap it."""
+        end = time.monotonic() + polite
+        while polite and proc.poll() is None and time.monotonic() < end:
+            time.sleep(0.01)
+        proc.kill("stopped")
+        end = time.monotonic() + 5
+        while proc.poll() is None and time.monotonic() < end:
+            time.sleep(0.002)
+        self._close_proc(proc)
+
+    def _forget_fd(self, fd: int) -> None:
+        if self.fdmap.pop(fd, None) is not None:
+            try:
+                self.sel.unregister(fd)
+            except (KeyError, ValueError):
+                pass
+
+    def _close_proc(self, proc: WorkerProcess) -> list[bytes]:
+        fds = list(proc.fds)
+        for fd in fds:
+            self._forget_fd(fd)
+        return proc.close()
+
+    # ----------------------------------------------------------------- collect
+    def _collect(self, now: float) -> None:
+        for run in self.all_runs():
+            if run.proc.exit is None and not run.ended_batch:
+                continue
+            if run.proc.exit is not None:
+                for line in self._close_proc(run.proc):
+                    run.line(line, now)
+            ending, detail = run.ending()
+            if run.canary:
+                self.canary_run = None
+                self._canary_done(run, ending, detail, now)
+                continue
+            del self.runs[run.batch_id]
+            if run.ended_batch and run.proc.exit is None:
+                self._recycle_or_keep(run.proc)
+            self.stats["ignored_lines"] += run.ignored + run.proc.lines.overlong
+            run.proc.lines.overlong = 0
+            self._settle_batch(run.batch_id, run.batch, run.fps, run.sizes, run.outcome(), detail,
+                               now, duration=now - run.started, stderr=run.proc.stderr_tail,
+                               verdicts=run.verdicts, ignored=run.ignored)
+            run.proc.stderr_tail = b""
+
+    def _recycle_or_keep(self, proc: WorkerProcess) -> None:
+        limit = self.config.recycle_rss_mb
+        too_big = limit is not None and proc.sample() > limit * 1024 * 1024
+        if proc.batches >= self.config.recycle_batches or too_big or self.stop:
+            self._retire(proc)  # planned: never counts against a message
+            self.stats["recycled"] += 1
+        else:
+            self.idle.append(proc)
+
+    def _settle_batch(self, batch_id, batch, fps, sizes, outcome: Outcome, detail: dict, now: float,
+                      *, duration: float, stderr: bytes, verdicts: dict, ignored: int) -> None:
+        with self.store.read() as r:
+            strikes = {q: (r.get("history", message_key(q, fps[q])) or {}).get("strikes", 0)
+                       for q in batch.ids if q in fps}
+        decision = decide(batch, outcome, strikes, self.config.strikes, hunt=batch_id)
+        crashed = outcome.ending in CRASHES
+        if crashed:
+            self.stats["crashes"] += 1
+            log.info("batch %s (%d message(s), %s lane) crashed: %s%s", batch_id, len(batch.ids),
+                     batch.lane.value, outcome.ending.value, _detail_text(detail))
+        unexplained = None
+        if crashed or outcome.ending is Ending.OK:  # a stop says nothing about a hunt
+            unexplained = self.hunts.finish(batch, crashed)
+            self.hunts.start(batch_id, decision, batch.ids)
+        attempt = {"batch": batch_id, "size": len(batch.ids), "ending": outcome.ending.value,
+                   "duration": round(duration, 3), "when": self.wall(), "path": list(batch.path),
+                   "stderr": stderr[-600:].decode("utf-8", "replace"), **detail}
+        wall = self.wall()
+        delivers = [self.queue.plan(q, fps[q], "outgoing") for q in decision.deliver]
+        with self.store.write() as w:
+            w.delete("batches", batch_id)
+            for qid in batch.ids:
+                w.delete("inflight", qid)
+            if crashed:
+                for qid in batch.ids:
+                    if qid not in outcome.done:
+                        self._note_attempt(w, qid, fps[qid], attempt, qid in decision.strike)
+            if unexplained:
+                self.stats["unexplained"] += 1
+                for qid in unexplained:
+                    if qid in fps:
+                        self._note(w, qid, fps[qid], "unexplained", 1)
+            for retry in decision.retry:
+                pid = f"{batch_id}.{next(self._ids):x}"
+                w.put("pending", pid, batch_to_json(retry, fps))
+                self.suspects.append((retry, {**{q: fps[q] for q in retry.ids}, "__pending__": pid}))
+            for qid in decision.quarantine:
+                key = message_key(qid, fps[qid])
+                pid = f"{batch_id}.q{next(self._ids):x}"
+                data = batch_to_json(Batch(ids=(qid,), lane=Lane.SUSPECT, path=batch.path), fps)
+                data["awaiting"] = True
+                w.put("pending", pid, data)
+                self.awaiting[key] = {"qid": qid, "fp": fps[qid], "crashed_at": now, "pending": pid,
+                                      "path": list(batch.path), "size": sizes.get(qid, 0)}
+            moves.record_intents(w, delivers)
+        for qid in decision.deliver + decision.requeue:
+            self.busy.pop(qid, None)
+        for qid in decision.deliver:
+            if qid in verdicts:
+                self.hooks.qsup_verdict(qid=qid, verdict=verdicts[qid], queue=self.queue)
+        moves.apply_all(self.store, self.queue, delivers, wall)
+        for qid in decision.deliver:
+            self.queue.scan_done(qid)
+        self.stats["delivered"] += len(decision.deliver)
+        self._rates.append((now, len(decision.deliver)))
+        for qid in decision.strike:
+            self.stats["strikes"] += 1
+            if self.breaker.solo_crash(message_key(qid, fps[qid]), now):
+                if self.breaker.trip(f"storm: more than {self.config.storm_limit} distinct messages "
+                                     f"crashed alone within {self.config.storm_window:.0f}s", now):
+                    self._announce_breaker()
+
+    def _note_attempt(self, w, qid: str, fp: str, attempt: dict, strike: bool) -> None:
+        key = message_key(qid, fp)
+        hist = w.get("history", key) or {"qid": qid, "fp": fp, "strikes": 0, "attempts_total": 0,
+                                         "attempts": []}
+        hist["attempts_total"] += 1
+        hist["attempts"] = (hist["attempts"] + [dict(attempt, strike=strike)])[-self.config.history:]
+        if strike:
+            hist["strikes"] += 1
+        w.put("history", key, hist)
+
+    def _note(self, w, qid: str, fp: str, field: str, inc: int) -> None:
+        key = message_key(qid, fp)
+        hist = w.get("history", key) or {"qid": qid, "fp": fp, "strikes": 0, "attempts_total": 0,
+                                         "attempts": []}
+        hist[field] = hist.get(field, 0) + inc
+        w.put("history", key, hist)
+
+    # ------------------------------------------------------------------ canary
+    def _canary_tick(self, now: float) -> None:
+        if self.canary_run is not None:
+            return
+        due = self.breaker.probe_due(now) if self.breaker.is_open else bool(self.awaiting)
+        if not due:
+            return
+        if not self.breaker.is_open and all(a["crashed_at"] < self.last_canary_pass
+                                            for a in self.awaiting.values()):
+            self._confirm(self.last_canary_pass, now)
+            return
+        fps = {canary.CANARY_ID: "canary"}
+        batch = Batch(ids=(canary.CANARY_ID,), lane=Lane.SUSPECT)
+        self._launch(f"canary-{self._new_batch_id()}", batch, fps, {}, now, self.wall(), is_canary=True)
+        self.stats["canary_runs"] += 1
+
+    def _canary_done(self, run: Run, ending: Ending, detail: dict, now: float) -> None:
+        self._retire(run.proc)
+        if ending is Ending.OK:
+            self.last_canary_pass = run.started
+            if self.breaker.is_open:
+                log.warning("breaker closed: the canary passed again after %.0fs (%s)",
+                            now - self.breaker.since, self.breaker.reason)
+                self.breaker.probe_passed()
+                self._said_breaker = False
+                self.hooks.qsup_breaker(state="closed", reason="canary passed")
+            self._confirm(run.started, now)
+            return
+        self._canary_failed(f"{ending.value}{_detail_text(detail)}", now)
+
+    def _canary_failed(self, why: str, now: float) -> None:
+        self.stats["canary_failures"] += 1
+        if self.breaker.is_open:
+            self.breaker.probe_failed(now)
+        elif self.breaker.trip(f"the canary failed too ({why}): the environment is at fault", now):
+            self._announce_breaker()
+        self._forgive(now)
+
+    def _forgive(self, now: float) -> None:
+        """The environment was broken: candidates' last strike does not count. They
+        stay suspects (to run alone again once the breaker closes)."""
+        if not self.awaiting:
+            return
+        k = self.config.strikes
+        with self.store.write() as w:
+            for key, cand in self.awaiting.items():
+                hist = w.get("history", key)
+                if hist:
+                    hist["strikes"] = min(hist["strikes"], k - 1)
+                    hist["forgiven"] = hist.get("forgiven", 0) + 1
+                    w.put("history", key, hist)
+                w.delete("pending", cand["pending"])
+                batch = Batch(ids=(cand["qid"],), lane=Lane.SUSPECT, path=tuple(cand["path"]))
+                pid = f"forgiven.{next(self._ids):x}"
+                w.put("pending", pid, batch_to_json(batch, {cand["qid"]: cand["fp"]}))
+                self.suspects.append((batch, {cand["qid"]: cand["fp"], "__pending__": pid}))
+        self.stats["forgiven"] += len(self.awaiting)
+        self.awaiting.clear()
+
+    def _confirm(self, canary_started: float, now: float) -> None:
+        for key, cand in list(self.awaiting.items()):
+            if cand["crashed_at"] < canary_started:
+                del self.awaiting[key]
+                self._quarantine(key, cand)
+
+    def _quarantine(self, key: str, cand: dict) -> None:
+        qid, fp = cand["qid"], cand["fp"]
+        sender, subject, headers = summary(self.queue.head("incoming", qid, HEAD_BYTES))
+        with self.store.read() as r:
+            hist = r.get("history", key) or {}
+        last = (hist.get("attempts") or [{}])[-1]
+        record = {"qid": qid, "fp": fp, "key": key, "when": self.wall(), "why": last.get("ending", "?"),
+                  "signal": last.get("signal"), "exit_code": last.get("exit_code"),
+                  "peak_rss": max((a.get("peak_rss") or 0 for a in hist.get("attempts", [])), default=0),
+                  "strikes": hist.get("strikes", 0), "size": cand.get("size", 0), "sender": sender,
+                  "subject": subject, "headers": headers, "path": cand.get("path", []),
+                  "queue": self.queue.name, "state": "moving"}
+        mv = self.queue.plan(qid, fp, "quarantine")
+        with self.store.write() as w:
+            w.put("quarantine", key, record)
+            w.delete("pending", cand["pending"])
+            moves.record_intents(w, [mv], {"record": record})
+        result = moves.apply_all(self.store, self.queue, [mv], self.wall(), {"record": record})
+        self.busy.pop(qid, None)
+        self.queue.scan_done(qid)
+        if result.get(moves.intent_key(mv)) == "gone":
+            with self.store.write() as w:
+                w.delete("quarantine", key)
+            return
+        self.stats["quarantined"] += 1
+        log.warning("quarantined %s (%s%s) after %d strike(s): from %s, subject %s", qid, record["why"],
+                    f", {record['signal']}" if record["signal"] else "", record["strikes"],
+                    sender or "?", subject or "?")
+        self.hooks.qsup_quarantined(record=dict(record, name=mv.name, state="quarantined"))
+
+    def _announce_breaker(self) -> None:
+        if not self._said_breaker:
+            self._said_breaker = True
+            log.error("breaker open: %s — nothing is quarantined or dispatched; probing with the "
+                      "canary", self.breaker.reason)
+            self.hooks.qsup_breaker(state="open", reason=self.breaker.reason)
+
+    # ---------------------------------------------------------------- recovery
+    def recover(self) -> dict:
+        """Finish what a dead qsup left: half-made moves, batches in flight, suspects."""
+        now, wall = self.clock(), self.wall()
+        report = {"at": wall, "intents": moves.finish_pending(self.store, self.queue, wall)}
+        with self.store.read() as r:
+            batches = list(r.items("batches"))
+            pending = list(r.items("pending"))
+            previous = r.get("meta", "status") or {}
+        report["killed_workers"] = kill_stale_workers(self.state_dir)
+        solo_after = self.config.recovery_solo_after
+        lost_ids = 0
+        for batch_id, data in batches:
+            batch, fps = batch_from_json(data)
+            with self.store.write() as w:
+                for qid in batch.ids:
+                    self._note(w, qid, fps[qid], "deaths", 1)
+            with self.store.read() as r:
+                deaths = {q: (r.get("history", message_key(q, fps[q])) or {}).get("deaths", 0)
+                          for q in batch.ids}
+            lost_ids += len(batch.ids)
+            # Seen in flight across repeated deaths: a suspect that runs alone.
+            solo = tuple(q for q in batch.ids if deaths[q] >= solo_after)
+            rest = tuple(q for q in batch.ids if q not in solo)
+            for qid in solo:
+                self._queue_pending(Batch(ids=(qid,), lane=Lane.SUSPECT, path=batch.path + ("1",)), fps)
+            if rest:
+                sub = Batch(ids=rest, lane=batch.lane, path=batch.path, hunt=batch.hunt)
+                decision = decide(sub, Outcome(ending=Ending.LOST), {}, self.config.strikes, batch_id)
+                for retry in decision.retry:
+                    self._queue_pending(retry, fps)
+            with self.store.write() as w:
+                w.delete("batches", batch_id)
+                for qid in batch.ids:
+                    if w.get("inflight", qid) == batch_id:
+                        w.delete("inflight", qid)
+        for pid, data in pending:
+            batch, fps = batch_from_json(data)
+            for qid, fp in fps.items():
+                self.busy[qid] = fp
+            self.suspects.append((batch, {**fps, "__pending__": pid}))
+        report.update(batches=len(batches), messages=lost_ids, suspects=len(self.suspects))
+        if batches or report["intents"]:
+            report["why"] = (f"the previous qsup (pid {previous.get('pid', '?')}) died with "
+                             f"{len(batches)} batch(es) in flight; they are treated as crashed "
+                             f"batches (bisected, no strikes)")
+            log.warning("recovered: %s; %d interrupted move(s) finished", report["why"], report["intents"])
+            with self.store.write() as w:
+                w.put("meta", "recovery", report)
+        return report
+
+    def _queue_pending(self, batch: Batch, fps: dict[str, str]) -> None:
+        pid = f"recovered.{self._new_batch_id()}"
+        with self.store.write() as w:
+            w.put("pending", pid, batch_to_json(batch, fps))
+        for qid in batch.ids:
+            self.busy[qid] = fps[qid]
+        self.suspects.append((batch, {**{q: fps[q] for q in batch.ids}, "__pending__": pid}))
+
+    # ------------------------------------------------------------------ status
+    def snapshot(self, now: float) -> dict:
+        while self._rates and self._rates[0][0] < now - 60:
+            self._rates.popleft()
+        span = min(60.0, max(now - self.started, 1e-6))
+        if now - self._last_depth[0] > 5:
+            self._last_depth = (now, self.queue.depth())
+        return {
+            "pid": os.getpid(), "mode": self.mode, "updated": self.wall(),
+            "uptime": round(now - self.started, 1),
+            "workers": [{"pid": r.proc.pid, "batch": r.batch_id, "lane": r.batch.lane.value,
+                         "size": len(r.batch.ids), "age": round(now - r.started, 1)}
+                        for r in self.runs.values()],
+            "canary": bool(self.canary_run), "suspects": sum(len(b.ids) for b, _ in self.suspects),
+            "awaiting_canary": len(self.awaiting), "queue_depth": self._last_depth[1],
+            "breaker": dict(self.breaker.snapshot(), since_wall=(
+                self.wall() - (now - self.breaker.since) if self.breaker.is_open else None)),
+            "throughput": round(sum(n for _, n in self._rates) / span, 2),
+            "counters": dict(self.stats),
+        }
+
+    def _status(self, now: float, force: bool = False) -> None:
+        if not force and now - self._last_status < STATUS_EVERY:
+            return
+        self._last_status = now
+        snap = self.snapshot(now)
+        with self.store.write() as w:
+            w.put("meta", "status", snap)
+
+    def _requests(self, now: float) -> None:
+        """Release/purge asked for by `qsup release` / `qsup purge` while we run."""
+        if now - self._last_requests < 0.25:
+            return
+        self._last_requests = now
+        if ops.serve_requests(self.state_dir, self.store, self.queue):
+            self._last_list = -math.inf  # released messages are in the queue now
+
+    # ---------------------------------------------------------------- shutdown
+    def _do_reload(self) -> None:
+        self._reload_wanted = False
+        if self.reload is None:
+            return
+        try:
+            new = self.reload()
+        except Exception as exc:  # a bad file must not stop a running daemon
+            log.error("reload failed, keeping the old configuration: %s", exc)
+            return
+        self.config = new
+        self.breaker.storm_limit, self.breaker.storm_window = new.storm_limit, new.storm_window
+        for proc in self.idle:  # persistent workers restart with the new settings
+            self._retire(proc)
+        self.idle.clear()
+        log.info("configuration reloaded from %s", new.source)
+
+    def _shutdown(self) -> None:
+        now = self.clock()
+        for run in self.all_runs():
+            run.proc.kill("stopped")
+        deadline = time.monotonic() + 5
+        while any(r.proc.poll() is None for r in self.all_runs()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self._collect(now)
+        for proc in self.idle:
+            proc.terminate()
+        for proc in self.idle:
+            self._retire(proc, polite=2.0)
+        self.idle.clear()
+        self._status(now, force=True)
+        self.sel.close()
+
+    def summary(self) -> dict:
+        return {"delivered": self.stats["delivered"], "quarantined": self.stats["quarantined"],
+                "crashes": self.stats["crashes"], "unexplained": self.stats["unexplained"],
+                "strikes": self.stats["strikes"], "canary_runs": self.stats["canary_runs"],
+                "ignored_lines": self.stats["ignored_lines"], "odd_entries": self.stats["odd_entries"],
+                "breaker": self.breaker.snapshot(), "seconds": round(self.clock() - self.started, 2)}
+
+
+def _detail_text(detail: dict) -> str:
+    parts = []
+    if detail.get("signal"):
+        parts.append(detail["signal"])
+    if detail.get("exit_code") is not None:
+        parts.append(f"exit {detail['exit_code']}")
+    if detail.get("peak_rss"):
+        parts.append(f"peak RSS {detail['peak_rss'] // (1024 * 1024)} MB")
+    if detail.get("error"):
+        parts.append(detail["error"])
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+__all__ = ["Supervisor", "Stop", "asdict"]
