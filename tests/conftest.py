@@ -1,0 +1,70 @@
+"""Shared helpers: real spools, real workers, qsup run as a real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from quarantine.demo import build_spool
+
+HERE = Path(__file__).parent
+WORKERS = HERE / "workers"
+DEMO = f"{sys.executable} -m quarantine.demo_scanner"
+
+
+def spool_counts(spool: Path) -> dict[str, set[str]]:
+    return {sub: set(os.listdir(spool / sub)) for sub in ("incoming", "outgoing", "quarantine")}
+
+
+def assert_conserved(spool: Path, ids: list[str]) -> dict[str, set[str]]:
+    """Every message in exactly one of incoming/, outgoing/, quarantine/."""
+    where = spool_counts(spool)
+    everywhere = [n for names in where.values() for n in names]
+    assert len(everywhere) == len(set(everywhere)), "a message is in two places"
+    assert set(everywhere) >= set(ids), f"lost: {sorted(set(ids) - set(everywhere))[:10]}"
+    return where
+
+
+class Qsup:
+    """Runs the real `qsup` console entry point as a subprocess."""
+
+    def __init__(self, tmp: Path):
+        self.state = tmp / "state"
+        self.spool = tmp / "spool"
+
+    def argv(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "quarantine", "--state", str(self.state), *args]
+
+    def __call__(self, *args: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
+        full_env = {**os.environ, **(env or {})}
+        return subprocess.run(self.argv(*args), capture_output=True, text=True, timeout=timeout,
+                              env=full_env, cwd=str(self.state.parent))
+
+    def drain(self, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+        return self("drain", "--spool", str(self.spool), "--json", *args, timeout=timeout)
+
+    def summary(self, proc: subprocess.CompletedProcess) -> dict:
+        return json.loads(proc.stdout[proc.stdout.index("{"):])
+
+    def listing(self) -> list[dict]:
+        proc = self("list", "--json")
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)
+
+
+@pytest.fixture
+def qsup(tmp_path: Path) -> Qsup:
+    return Qsup(tmp_path)
+
+
+@pytest.fixture
+def make_spool(qsup: Qsup):
+    def make(count: int, poison: dict[int, str]) -> list[str]:
+        return build_spool(str(qsup.spool), count, poison)
+
+    return make
