@@ -27,6 +27,8 @@ class Breaker:
     since: float = 0.0
     probes: int = 0  # failed probes since it opened
     next_probe: float = 0.0
+    trips: int = 0  # openings in a row, each within storm_window of the last closing
+    closed_at: float = -1e18
     _recent: deque = field(default_factory=deque)  # (time, key) of distinct solo crashes
     _seen: set = field(default_factory=set)
 
@@ -40,7 +42,10 @@ class Breaker:
             return False
         self.state, self.reason, self.since = BreakerState.OPEN, reason, now
         self.probes = 0
-        self.next_probe = now + probe_delay(1)
+        # A breaker that reopens soon after closing waits longer each time, so a
+        # storm the canary cannot see is slowed down, not let through in chunks.
+        self.trips = self.trips + 1 if now - self.closed_at < self.storm_window else 1
+        self.next_probe = now + probe_delay(self.trips)
         return True
 
     def solo_crash(self, key: str, now: float) -> bool:
@@ -57,12 +62,13 @@ class Breaker:
 
     def probe_failed(self, now: float) -> None:
         self.probes += 1
-        self.next_probe = now + probe_delay(self.probes + 1)
+        self.next_probe = now + probe_delay(self.trips + self.probes)
 
-    def probe_passed(self) -> None:
+    def probe_passed(self, now: float) -> None:
         """The canary passed: the environment is good again. The storm window starts
         afresh, or the same storm would reopen it at once."""
         self.state, self.reason, self.probes = BreakerState.CLOSED, "", 0
+        self.closed_at = now
         self._recent.clear()
         self._seen.clear()
 

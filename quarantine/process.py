@@ -198,11 +198,13 @@ class WorkerProcess:
         if self.exit is not None:
             return self.exit
         try:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            pid, status, usage = os.wait4(self.pid, os.WNOHANG)
         except ChildProcessError:
-            pid, status = self.pid, 0
+            pid, status, usage = self.pid, 0, None
         if pid == 0:
             return None
+        if usage is not None:  # the kernel's own peak for the worker process
+            self.peak_rss = max(self.peak_rss, usage.ru_maxrss * 1024)
         self.popen.returncode = os.waitstatus_to_exitcode(status)
         if os.WIFSIGNALED(status):
             self.exit = Exit(code=None, signal=os.WTERMSIG(status))
@@ -330,6 +332,11 @@ def rss_of_self() -> int:
     return psutil.Process().memory_info().rss
 
 
+def peak_rss_of_self() -> int:
+    """qsup's own peak RSS in bytes (workers not included)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def pid_alive(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
@@ -339,5 +346,5 @@ def pid_alive(pid: int) -> bool:
 
 __all__ = [
     "SpawnError", "WorkerProcess", "spawn", "reap_orphans", "become_subreaper", "kill_stale_workers",
-    "signal_name", "rss_of_self", "pid_alive", "Exit", "LineReader",
+    "signal_name", "rss_of_self", "peak_rss_of_self", "pid_alive", "Exit", "LineReader",
 ]

@@ -40,6 +40,7 @@ from quarantine.process import (
     SpawnError,
     WorkerProcess,
     kill_stale_workers,
+    peak_rss_of_self,
     reap_orphans,
     spawn,
 )
@@ -114,6 +115,8 @@ class Supervisor:
         self._last_depth = (-math.inf, 0)
         self._last_sweep = -math.inf
         self._last_requests = -math.inf
+        self._crash_streak = 0  # batches crashed in a row with no success between
+        self._streak_started = -math.inf
         self._said_breaker = False
         self._rates: deque = deque()  # (time, delivered) for throughput
         self.started = clock()
@@ -426,7 +429,12 @@ class Supervisor:
                        for q in batch.ids if q in fps}
         decision = decide(batch, outcome, strikes, self.config.strikes, hunt=batch_id)
         crashed = outcome.ending in CRASHES
-        if crashed:
+        if outcome.ending is Ending.OK:
+            self._crash_streak = 0
+        elif crashed:
+            if self._crash_streak == 0:
+                self._streak_started = now
+            self._crash_streak += 1
             self.stats["crashes"] += 1
             log.info("batch %s (%d message(s), %s lane) crashed: %s%s", batch_id, len(batch.ids),
                      batch.lane.value, outcome.ending.value, _detail_text(detail))
@@ -503,11 +511,16 @@ class Supervisor:
     def _canary_tick(self, now: float) -> None:
         if self.canary_run is not None:
             return
-        due = self.breaker.probe_due(now) if self.breaker.is_open else bool(self.awaiting)
+        if self.breaker.is_open:
+            due = self.breaker.probe_due(now)
+        else:
+            # Candidates wait for a canary; and when every run dies, ask it early.
+            streak = self._crash_streak >= max(3, self.config.workers)
+            due = bool(self.awaiting) or (streak and self._streak_started > self.last_canary_pass)
         if not due:
             return
-        if not self.breaker.is_open and all(a["crashed_at"] < self.last_canary_pass
-                                            for a in self.awaiting.values()):
+        if not self.breaker.is_open and self.awaiting and all(
+                a["crashed_at"] < self.last_canary_pass for a in self.awaiting.values()):
             self._confirm(self.last_canary_pass, now)
             return
         fps = {canary.CANARY_ID: "canary"}
@@ -517,12 +530,14 @@ class Supervisor:
 
     def _canary_done(self, run: Run, ending: Ending, detail: dict, now: float) -> None:
         self._retire(run.proc)
+        if self.breaker.is_open and run.started < self.breaker.since:
+            return  # began before the breaker opened: it proves nothing about why
         if ending is Ending.OK:
             self.last_canary_pass = run.started
             if self.breaker.is_open:
                 log.warning("breaker closed: the canary passed again after %.0fs (%s)",
                             now - self.breaker.since, self.breaker.reason)
-                self.breaker.probe_passed()
+                self.breaker.probe_passed(now)
                 self._said_breaker = False
                 self.hooks.qsup_breaker(state="closed", reason="canary passed")
             self._confirm(run.started, now)
@@ -559,6 +574,8 @@ class Supervisor:
         self.awaiting.clear()
 
     def _confirm(self, canary_started: float, now: float) -> None:
+        if self.breaker.is_open:
+            return
         for key, cand in list(self.awaiting.items()):
             if cand["crashed_at"] < canary_started:
                 del self.awaiting[key]
@@ -735,7 +752,8 @@ class Supervisor:
                 "crashes": self.stats["crashes"], "unexplained": self.stats["unexplained"],
                 "strikes": self.stats["strikes"], "canary_runs": self.stats["canary_runs"],
                 "ignored_lines": self.stats["ignored_lines"], "odd_entries": self.stats["odd_entries"],
-                "breaker": self.breaker.snapshot(), "seconds": round(self.clock() - self.started, 2)}
+                "breaker": self.breaker.snapshot(), "seconds": round(self.clock() - self.started, 2),
+                "qsup_peak_rss_mb": round(peak_rss_of_self() / 2**20, 1)}
 
 
 def _detail_text(detail: dict) -> str:
