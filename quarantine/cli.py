@@ -119,6 +119,7 @@ def _build(ctx: Ctx, config: Config, mode: str, adopt: bool = True):
         adopt = become_subreaper()
     sup = Supervisor(config, store, queue, scanner, plugins.hook, state_dir=ctx.state,
                      adopt_orphans=adopt, mode=mode)
+    sup.make_scanner = lambda cfg: scanners[cfg.scanner](cfg)
     return sup, store
 
 
@@ -273,9 +274,10 @@ def show(ctx: Ctx, qid: str, as_json: bool):
             click.echo(f"  size     {_size(rec.get('size', 0))}")
             click.echo(f"  file     {rec.get('queue', '?')}: quarantine/{rec.get('name', qid)}")
             click.echo(f"  path     bisection {' -> '.join(rec.get('path') or ['-'])}")
-        for key in ("attempts_total", "unexplained", "deaths", "forgiven"):
+        for key, label in (("attempts_total", "attempts"), ("unexplained", "unexplained"),
+                           ("deaths", "in flight when qsup died"), ("forgiven", "strikes forgiven")):
             if hist.get(key):
-                click.echo(f"  {key.replace('_', ' '):9}{hist[key]}")
+                click.echo(f"  {label}: {hist[key]}")
         attempts = hist.get("attempts", [])
         if attempts:
             click.echo(f"  attempts (last {len(attempts)}):")

@@ -76,6 +76,8 @@ FIELDS: tuple[Field, ...] = (
     Field("recovery_solo_after", int, 2, "After a restart, an ID found in flight this many "
           "times runs alone.", minimum=1),
     Field("map_size_mb", int, 1024, "Size of the LMDB map.", minimum=1),
+    Field("done_retention_hours", float, 168.0, "Completion records older than this are "
+          "pruned, so the state does not grow with the mail ever handled."),
     Field("log_level", str, "info", "Log level.", choices=("debug", "info", "warning", "error")),
 )
 BY_NAME = {f.name: f for f in FIELDS}
@@ -107,6 +109,7 @@ class Config:
     history: int
     recovery_solo_after: int
     map_size_mb: int
+    done_retention_hours: float
     log_level: str
     source: str = "built-in defaults"
 

@@ -21,7 +21,7 @@ from typing import Callable
 from quarantine import canary, moves, ops
 from quarantine.breaker import Breaker
 from quarantine.config import Config
-from quarantine.errors import EXIT_BREAKER, EXIT_OK
+from quarantine.errors import EXIT_BREAKER, EXIT_OK, StateError
 from quarantine.headers import HEAD_BYTES, summary
 from quarantine.hookspecs import MessageRef, Queue, Scanner
 from quarantine.ids import message_key
@@ -108,6 +108,7 @@ class Supervisor:
         self.stop = Stop.NONE
         self.stop_deadline = math.inf
         self.reload: Callable[[], Config] | None = None
+        self.make_scanner: Callable[[Config], Scanner] | None = None  # rebuilt on reload
         self._reload_wanted = False
         self._ids = itertools.count(1)
         self._last_list = -math.inf
@@ -116,6 +117,8 @@ class Supervisor:
         self._last_sweep = -math.inf
         self._last_requests = -math.inf
         self._crash_streak = 0  # batches crashed in a row with no success between
+        self._state_broken = False
+        self._last_prune = -math.inf
         self._streak_started = -math.inf
         self._said_breaker = False
         self._rates: deque = deque()  # (time, delivered) for throughput
@@ -155,9 +158,17 @@ class Supervisor:
                         break
                 self._status(now)
                 self._requests(now)
+                self._prune(now)
                 if self.on_tick:
                     self.on_tick(self)
                 self._wait(now)
+        except StateError as exc:
+            # Full map or disk, or a broken state directory: stop safely. Nothing is
+            # moved without its record, so what is in flight stays in incoming/ and
+            # is recovered by the next start.
+            log.error("state problem, stopping: %s", exc)
+            self._state_broken = True
+            raise
         finally:
             self._shutdown()
         return code
@@ -658,6 +669,12 @@ class Supervisor:
             batch, fps = batch_from_json(data)
             for qid, fp in fps.items():
                 self.busy[qid] = fp
+            if data.get("awaiting"):  # reached K strikes: only the canary's word is missing
+                qid = batch.ids[0]
+                self.awaiting[message_key(qid, fps[qid])] = {
+                    "qid": qid, "fp": fps[qid], "crashed_at": now, "pending": pid,
+                    "path": list(batch.path), "size": (self.queue.identify(qid) or (0, ""))[0]}
+                continue
             self.suspects.append((batch, {**fps, "__pending__": pid}))
         report.update(batches=len(batches), messages=lost_ids, suspects=len(self.suspects))
         if batches or report["intents"]:
@@ -678,11 +695,11 @@ class Supervisor:
         self.suspects.append((batch, {**{q: fps[q] for q in batch.ids}, "__pending__": pid}))
 
     # ------------------------------------------------------------------ status
-    def snapshot(self, now: float) -> dict:
+    def snapshot(self, now: float, force: bool = False) -> dict:
         while self._rates and self._rates[0][0] < now - 60:
             self._rates.popleft()
         span = min(60.0, max(now - self.started, 1e-6))
-        if now - self._last_depth[0] > 5:
+        if force or now - self._last_depth[0] > 5:
             self._last_depth = (now, self.queue.depth())
         return {
             "pid": os.getpid(), "mode": self.mode, "updated": self.wall(),
@@ -702,9 +719,25 @@ class Supervisor:
         if not force and now - self._last_status < STATUS_EVERY:
             return
         self._last_status = now
-        snap = self.snapshot(now)
+        snap = self.snapshot(now, force)
         with self.store.write() as w:
             w.put("meta", "status", snap)
+
+    def _prune(self, now: float) -> None:
+        """Drop completion records past their retention, a slice per call."""
+        if now - self._last_prune < 3600:
+            return
+        self._last_prune = now
+        cutoff = self.wall() - self.config.done_retention_hours * 3600
+        with self.store.read() as r:
+            old = [key for key, rec in r.items("done") if rec.get("t", 0) < cutoff]
+        for start in range(0, len(old), 5000):
+            with self.store.write() as w:
+                for key in old[start:start + 5000]:
+                    w.delete("done", key)
+        if old:
+            log.info("pruned %d completion record(s) older than %.0fh", len(old),
+                     self.config.done_retention_hours)
 
     def _requests(self, now: float) -> None:
         """Release/purge asked for by `qsup release` / `qsup purge` while we run."""
@@ -724,6 +757,12 @@ class Supervisor:
         except Exception as exc:  # a bad file must not stop a running daemon
             log.error("reload failed, keeping the old configuration: %s", exc)
             return
+        if self.make_scanner is not None:
+            try:
+                self.scanner = self.make_scanner(new)
+            except Exception as exc:
+                log.error("reload failed, keeping the old configuration: %s", exc)
+                return
         self.config = new
         self.breaker.storm_limit, self.breaker.storm_window = new.storm_limit, new.storm_window
         for proc in self.idle:  # persistent workers restart with the new settings
@@ -738,6 +777,13 @@ class Supervisor:
         deadline = time.monotonic() + 5
         while any(r.proc.poll() is None for r in self.all_runs()) and time.monotonic() < deadline:
             time.sleep(0.01)
+        if self._state_broken:  # no more writes: the next start recovers the rest
+            for run in self.all_runs():
+                self._close_proc(run.proc)
+            for proc in self.idle:
+                self._retire(proc)
+            self.sel.close()
+            return
         self._collect(now)
         for proc in self.idle:
             proc.terminate()

@@ -145,7 +145,8 @@ def make_message(i: int, rng: random.Random, when: float, kind: str) -> bytes:
             name = rng.choice(HARMLESS)
         out += f"--{b1}--\r\n"
     elif kind == "forward":
-        inner = make_message(i + 1_000_000, random.Random(i), when - 86400, "attachment").decode()
+        inner = make_message(i + 1_000_000, random.Random(rng.randrange(2**32)), when - 86400,
+                             "attachment").decode()
         out = headers(i, rng, "Fwd: " + subject, when, [f'Content-Type: multipart/mixed; boundary="{b1}"'])
         out += (f"--{b1}\r\nContent-Type: text/plain\r\n\r\nSee below.\r\n"
                 f"--{b1}\r\nContent-Type: message/rfc822\r\n\r\n{inner}\r\n--{b1}--\r\n")
@@ -186,7 +187,9 @@ def build_backlog(spool: str, messages: int, poison: int, seed: int = 2008,
     bad = set(rng.sample(range(messages), poison))
     names = [k for k, _ in KINDS]
     weights = [w for _, w in KINDS]
-    ids, crafted, seen = [], [], set(os.listdir(os.path.join(spool, "incoming")))
+    ids, crafted = [], []
+    seen = {name for sub in ("incoming", "outgoing", "quarantine")
+            for name in os.listdir(os.path.join(spool, sub))}
     for i in range(messages):
         qid = f"{rng.randrange(16**10):010X}"
         while qid in seen:
