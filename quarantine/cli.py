@@ -47,6 +47,8 @@ def _flag(field) -> str:
 
 def config_options(func):
     """A flag for every config key (flags beat the file)."""
+    func = click.option("--plugin-option", "plugin_option", multiple=True, metavar="NAME.KEY=VALUE",
+                        help="An option of a plugin, as in a [plugin.NAME] table (repeatable).")(func)
     for field in reversed(FIELDS):
         kind = {int: int, float: float, str: str}[field.type]
         if field.choices:
@@ -57,7 +59,9 @@ def config_options(func):
 
 
 def _overrides(kwargs: dict) -> dict:
-    return {k: kwargs.pop(k) for k in list(kwargs) if k in BY_NAME}
+    out = {k: kwargs.pop(k) for k in list(kwargs) if k in BY_NAME}
+    out["plugin_option"] = kwargs.pop("plugin_option", ())
+    return out
 
 
 def _setup_logging(level: str, rich_console=None) -> None:

@@ -11,7 +11,7 @@ import os
 import shlex
 import sys
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from quarantine.errors import ConfigError
@@ -111,7 +111,13 @@ class Config:
     map_size_mb: int
     done_retention_hours: float
     log_level: str
+    plugin: dict = field(default_factory=dict)  # [plugin.NAME] tables: NAME -> {key: value}
     source: str = "built-in defaults"
+
+    def plugin_options(self, name: str) -> dict:
+        """The options of plugin *name* (``[plugin.NAME]`` / ``--plugin-option NAME.KEY=V``).
+        A plugin validates its own keys and raises ConfigError naming a bad one."""
+        return dict(self.plugin.get(name, {}))
 
     @property
     def worker_argv(self) -> list[str]:
@@ -162,6 +168,7 @@ def find_config(explicit: str | None) -> str | None:
 def load(path: str | None, overrides: dict[str, Any]) -> Config:
     values = {f.name: f.default for f in FIELDS}
     source = "built-in defaults"
+    plugin: dict = {}
     if path:
         try:
             with open(path, "rb") as fh:
@@ -174,8 +181,17 @@ def load(path: str | None, overrides: dict[str, Any]) -> Config:
             raise ConfigError(f"config file {path}: {exc.strerror}") from None
         table = data.get("qsup", data) if isinstance(data.get("qsup"), dict) else data
         for key, value in table.items():
+            if key == "plugin":
+                plugin = _check_plugin_tables(value, path)
+                continue
             values[key] = check(key, value, path)
         source = path
+    for item in overrides.pop("plugin_option", None) or ():
+        name_key, sep, value = item.partition("=")
+        name, dot, key = name_key.partition(".")
+        if not (sep and dot and name and key):
+            raise ConfigError(f"--plugin-option: expected NAME.KEY=VALUE, not {item!r}")
+        plugin.setdefault(name, {})[key] = value
     for key, value in overrides.items():
         if value is not None:
             values[key] = check(key, value, f"--{BY_NAME[key].flag or key.replace('_', '-')}")
@@ -183,7 +199,13 @@ def load(path: str | None, overrides: dict[str, Any]) -> Config:
         values["spool"] = _default_spool()
     if values["worker"] is None:
         values["worker"] = demo_worker_command()
-    return Config(**values, source=source)
+    return Config(**values, plugin=plugin, source=source)
+
+
+def _check_plugin_tables(value: Any, where: str) -> dict:
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise ConfigError(f"{where}: plugin must be tables [plugin.NAME] of options")
+    return {name: dict(opts) for name, opts in value.items()}
 
 
 def default_state_dir() -> str:
