@@ -356,8 +356,14 @@ class Supervisor:
             if proc.poll() is not None:
                 self.idle.remove(proc)
                 self._close_proc(proc)
-        if self.adopt_orphans and now - self._last_sweep >= 2.0:
+        if now - self._last_sweep >= 2.0:
             self._last_sweep = now
+            self._sweep_orphans()
+
+    def _sweep_orphans(self) -> None:
+        """Daemonised grandchildren re-parented to qsup (a subreaper) are leaks of
+        workers: kill and reap them."""
+        if self.adopt_orphans:
             reap_orphans({r.proc.pid for r in self.all_runs()} | {p.pid for p in self.idle})
 
     def all_runs(self) -> list[Run]:
@@ -409,6 +415,7 @@ class Supervisor:
             if run.proc.exit is not None:
                 for line in self._close_proc(run.proc):
                     run.line(line, now)
+                self._sweep_orphans()
             ending, detail = run.ending()
             if run.canary:
                 self.canary_run = None
@@ -790,6 +797,7 @@ class Supervisor:
         for proc in self.idle:
             self._retire(proc, polite=2.0)
         self.idle.clear()
+        self._sweep_orphans()
         self._status(now, force=True)
         self.sel.close()
 
