@@ -125,8 +125,14 @@ def test_daemonised_grandchild_of_a_successful_worker_is_killed(qsup, make_spool
                           capture_output=True, text=True, timeout=60, env={**os.environ, "DAEMON_PIDS": str(pids)})
     assert proc.returncode == 0, proc.stderr
     daemon = int(pids.read_text().split()[0])
-    time.sleep(0.3)
-    assert not (psutil.pid_exists(daemon) and psutil.Process(daemon).status() != psutil.STATUS_ZOMBIE)
+
+    def gone() -> bool:
+        try:
+            return psutil.Process(daemon).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    wait_for(gone, timeout=3, what=f"the daemonised grandchild {daemon} to be killed")
     assert set(os.listdir(qsup.spool / "outgoing")) == set(ids)
 
 
