@@ -281,7 +281,14 @@ def spawn(
     os.close(err_w)
     if status_w is not None:
         os.close(status_w)
-    out_fd = popen.stdout.fileno() if persistent else status_r
+    if persistent:
+        # Own the fd outright: closing it while Popen's file object still holds the
+        # number would let a later garbage collection close some other worker's pipe.
+        out_fd = os.dup(popen.stdout.fileno())
+        popen.stdout.close()
+        fcntl.fcntl(out_fd, fcntl.F_SETFD, fcntl.FD_CLOEXEC)
+    else:
+        out_fd = status_r
     _nonblock(err_r)
     _nonblock(out_fd)
     return WorkerProcess(

@@ -327,8 +327,6 @@ class Supervisor:
         if is_canary:
             self._canary_failed(why, now)
             return
-        if self.breaker.trip(f"worker cannot start: {why}", now):
-            self._announce_breaker()
         outcome = Outcome(ending=Ending.SPAWN)
         self._settle_batch(batch_id, batch, fps, {}, outcome, {"error": why}, now, duration=0.0,
                            stderr=b"", verdicts={}, ignored=0)
@@ -501,6 +499,10 @@ class Supervisor:
             self.queue.scan_done(qid)
         self.stats["delivered"] += len(decision.deliver)
         self._rates.append((now, len(decision.deliver)))
+        if decision.systemic and self.breaker.trip(
+                f"worker cannot start: {detail.get('error') or 'it died before reading anything'}"
+                f"{_detail_text({k: v for k, v in detail.items() if k != 'error'})}", now):
+            self._announce_breaker()
         for qid in decision.strike:
             self.stats["strikes"] += 1
             if self.breaker.solo_crash(message_key(qid, fps[qid]), now):

@@ -1,0 +1,92 @@
+"""Persistent workers: reused across batches, respawned after a crash, recycled
+after a number of batches or RSS growth."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections import defaultdict
+
+import pytest
+
+from conftest import DEMO, WORKERS, assert_conserved
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def pidlog_drain(qsup, tmp_path, *args, env=None):
+    log = tmp_path / "pidlog"
+    proc = qsup("drain", "--spool", str(qsup.spool), "--json", "--worker-mode", "persistent",
+                "--worker", f"{sys.executable} {WORKERS / 'pidlog.py'}", *args,
+                env={"PIDLOG": str(log), **(env or {})}, timeout=150)
+    by_pid = defaultdict(list)
+    for line in log.read_text().splitlines():
+        pid, qid = line.split()
+        by_pid[int(pid)].append(qid)
+    return proc, by_pid
+
+
+def test_workers_are_reused_and_poison_costs_at_most_k_crashes(qsup, make_spool, tmp_path):
+    poison = {10: "segv", 200: "abort", 350: "exit"}
+    ids = make_spool(400, poison)
+    proc, by_pid = pidlog_drain(qsup, tmp_path, "--workers", "3", "--batch-size", "20")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    where = assert_conserved(qsup.spool, ids)
+    assert where["quarantine"] == {ids[i] for i in poison}
+    summary = qsup.summary(proc)
+    assert summary["crashes"] <= 2 * len(poison)
+    workers = [pid for pid, qids in by_pid.items() if qids != ["qsup-canary"]]
+    # three to begin with, and one more after each crash: reused for the other ~20 batches
+    assert len(workers) <= 3 + summary["crashes"], "workers were not reused across batches"
+
+
+def test_recycled_after_n_batches(qsup, make_spool, tmp_path):
+    ids = make_spool(120, {})
+    proc, by_pid = pidlog_drain(qsup, tmp_path, "--workers", "1", "--batch-size", "10",
+                                "--recycle-batches", "3")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # 12 batches, 3 per worker (+ a fresh worker per canary, none here)
+    assert sorted(len(v) for v in by_pid.values()) == [30, 30, 30, 30]
+    assert set(os.listdir(qsup.spool / "outgoing")) == set(ids)
+    assert qsup.summary(proc)["crashes"] == 0
+
+
+def test_recycled_when_rss_grows(qsup, make_spool, tmp_path):
+    ids = make_spool(40, {})
+    proc, by_pid = pidlog_drain(qsup, tmp_path, "--workers", "1", "--batch-size", "10",
+                                "--recycle-rss-mb", "60", env={"GROW_MB": "4"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(by_pid) >= 2  # 40 messages x 4 MB grows past 60 MB: replaced between batches
+    assert qsup.summary(proc)["crashes"] == 0
+    assert set(os.listdir(qsup.spool / "outgoing")) == set(ids)
+
+
+def test_respawned_after_a_crash(qsup, make_spool, tmp_path):
+    ids = make_spool(30, {15: "segv"})
+    proc, by_pid = pidlog_drain(qsup, tmp_path, "--workers", "1", "--batch-size", "30")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    crashed = [pid for pid, qids in by_pid.items() if qids[-1] == ids[15]]
+    assert crashed and len(by_pid) >= 3  # the crashed one, its solo retries, a fresh one
+    where = assert_conserved(qsup.spool, ids)
+    assert where["quarantine"] == {ids[15]}
+
+
+def test_worker_that_dies_before_reading_anything_is_the_environment(qsup, make_spool):
+    ids = make_spool(20, {})
+    proc = qsup.drain("--worker-mode", "persistent", "--worker", f"{sys.executable} {WORKERS / 'dies_at_start.py'}",
+                      "--max-wait", "3")
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "breaker open" in proc.stderr
+    where = assert_conserved(qsup.spool, ids)
+    assert where["incoming"] == set(ids)
+    assert qsup.summary(proc)["strikes"] == 0
+
+
+def test_persistent_hang_is_timed_out_from_the_last_progress_line(qsup, make_spool):
+    ids = make_spool(30, {20: "hang"})
+    proc = qsup.drain("--worker-mode", "persistent", "--worker", DEMO + " --delay 0.05",
+                      "--timeout", "1", "--batch-size", "30", "--workers", "2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    where = assert_conserved(qsup.spool, ids)
+    assert where["quarantine"] == {ids[20]}
+    assert qsup.listing()[0]["why"] == "timeout"
