@@ -36,6 +36,8 @@ def complete(w: Txn, move: Move, result: str, now: float, extra: dict | None) ->
         return
     if move.dest == "outgoing":
         w.put("done", key, {"t": now, "name": move.name})
+        if move.origin == "quarantine":  # release --no-scan: no longer in the quarantine
+            w.delete("quarantine", key)
     elif move.dest == "quarantine":
         record = dict((extra or {}).get("record") or w.get("quarantine", key) or {})
         record.update(name=move.name, state="quarantined")

@@ -10,8 +10,9 @@ value of the wrong type is a :class:`~quarantine.errors.ConfigError` naming the 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from quarantine.errors import ConfigError
 

@@ -20,6 +20,7 @@ BUILTINS = ("quarantine.spool", "quarantine.scanner")
 class Plugins:
     pm: pluggy.PluginManager
     broken: list[tuple[str, str]] = field(default_factory=list)  # (name, one-line error)
+    versions: dict[str, str] = field(default_factory=dict)  # entry-point name -> its dist's version
 
     @property
     def hook(self):
@@ -29,7 +30,13 @@ class Plugins:
         merged: dict = {}
         owner: dict = {}
         for impl in reversed(caller.get_hookimpls()):
-            for name, factory in (impl.function() or {}).items():
+            try:
+                offered = dict(impl.function() or {})
+            except Exception as exc:  # a third party's bug must not take qsup down
+                log.error("plugin %s: %s failed, its %s types are skipped: %s", impl.plugin_name,
+                          caller.name, kind, _one_line(exc))
+                continue
+            for name, factory in offered.items():
                 if name in merged:
                     raise ConfigError(
                         f"{kind} type {name!r} is offered by both {owner[name]} and {impl.plugin_name}"
@@ -47,12 +54,23 @@ class Plugins:
         """Each loaded plugin with its version and the hooks it implements."""
         rows = []
         for name, plugin in self.pm.list_name_plugin():
-            dist = next((d for p, d in self.pm.list_plugin_distinfo() if p is plugin), None)
-            version = dist.version if dist else _builtin_version(name)
+            version = self.versions.get(name) or _builtin_version(name)
             hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
             rows.append({"name": name, "version": version, "hooks": hooks, "error": None})
         rows += [{"name": n, "version": "?", "hooks": [], "error": e} for n, e in self.broken]
         return rows
+
+
+def _one_line(exc: Exception) -> str:
+    lines = [ln.strip() for ln in f"{type(exc).__name__}: {exc}".splitlines() if ln.strip()]
+    return "; ".join(lines)[:400]
+
+
+def _unknown_hooks(pm: pluggy.PluginManager, plugin) -> list[str]:
+    """Hooks *plugin* implements that no hookspec declares (and it did not mark optional)."""
+    return sorted(caller.name for caller in pm.get_hookcallers(plugin) or []
+                  if not caller.has_spec()
+                  and any(i.plugin is plugin and not i.optionalhook for i in caller.get_hookimpls()))
 
 
 def _builtin_version(name: str) -> str:
@@ -73,11 +91,18 @@ def build(load_entry_points: bool = True) -> Plugins:
             if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
                 continue
             try:
-                pm.register(ep.load(), name=ep.name)
+                plugin = ep.load()
+                pm.register(plugin, name=ep.name)
+                unknown = _unknown_hooks(pm, plugin)
+                if unknown:  # would fail check_pending() and with it every command
+                    pm.unregister(name=ep.name)
+                    raise pluggy.PluginValidationError(plugin, f"unknown hook(s) {', '.join(unknown)}")
             except Exception as exc:  # a third party's bug must not take qsup down
-                msg = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                msg = _one_line(exc)
                 plugins.broken.append((ep.name, msg))
                 log.error("plugin %s could not be loaded and is skipped: %s", ep.name, msg)
+                continue
+            plugins.versions[ep.name] = getattr(ep.dist, "version", None) or "?"
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:

@@ -1,0 +1,109 @@
+"""qsup plugin: ClamAV scanners (scanner kinds ``clamscan`` and ``clamd``).
+
+``clamscan``
+    One-shot: one ``clamscan`` process per batch (the signature database is loaded for
+    every batch: fine with a small database, slow with the official one — use clamd).
+    Options ``[plugin.clamscan]``: ``clamscan`` (path), ``database`` (file or
+    directory, ``-d``; empty: clamscan's default), ``args`` (extra arguments, split
+    like a shell would).
+``clamd``
+    Persistent workers that stream each message to a running clamd over its Unix
+    socket (``zINSTREAM``, so clamd needs no access to qsup's files). Options
+    ``[plugin.clamd]``: ``socket`` (default: ``LocalSocket`` of
+    /etc/clamav/clamd.conf, else /var/run/clamav/clamd.ctl), ``timeout`` (seconds
+    clamd may take per message), ``connect_wait`` (seconds to keep trying to connect
+    while clamd restarts), ``chunk_size``.
+
+Verdicts are ``clean`` and ``infected NAME``. An infected message is not poison: it
+is the scanner's answer, passed to the ``qsup_verdict`` hook (this plugin logs it,
+rate-capped) and handed on like any scanned message. What is a crash: clamscan dying
+or exiting 2, clamd closing the connection mid-message or answering ``ERROR`` (a
+message clamd cannot scan is never passed as clean).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import shutil
+import sys
+
+from quarantine import pluginopts
+from quarantine.errors import ConfigError
+from quarantine.hookspecs import hookimpl
+from quarantine.pluginopts import Option
+from quarantine.ratecap import RateCap
+from quarantine.scanner import CommandScanner
+
+log = logging.getLogger("qsup.clamav")
+
+CLAMD_CONF = "/etc/clamav/clamd.conf"
+DEFAULT_SOCKET = "/var/run/clamav/clamd.ctl"
+
+CLAMSCAN_OPTIONS = {
+    "clamscan": Option(str, "", "path of clamscan (default: found on PATH)"),
+    "database": Option(str, "", "signature file or directory (-d); empty: clamscan's default"),
+    "args": Option(str, "", "extra clamscan arguments"),
+}
+CLAMD_OPTIONS = {
+    "socket": Option(str, "", f"clamd's Unix socket (default: LocalSocket of {CLAMD_CONF})"),
+    "timeout": Option(float, 120.0, "seconds clamd may take for one message", minimum=0.1),
+    "connect_wait": Option(float, 10.0, "seconds to keep trying to connect (clamd restarting)", minimum=0),
+    "chunk_size": Option(int, 65536, "bytes per INSTREAM chunk", minimum=1024),
+}
+
+
+def clamd_socket_from(conf: str = CLAMD_CONF) -> str:
+    """clamd's LocalSocket as its config file says, or Debian's default."""
+    try:
+        with open(conf) as fh:
+            for line in fh:
+                words = line.split()
+                if len(words) == 2 and words[0] == "LocalSocket":
+                    return words[1]
+    except OSError:
+        pass
+    return DEFAULT_SOCKET
+
+
+def make_clamscan(config) -> CommandScanner:
+    opts = pluginopts.parse("clamscan", config.plugin_options("clamscan"), CLAMSCAN_OPTIONS)
+    exe = opts["clamscan"] or shutil.which("clamscan")
+    if not exe or not os.access(exe, os.X_OK):
+        raise ConfigError("[plugin.clamscan] clamscan: program not found "
+                          "(install the Debian package 'clamav')")
+    argv = [sys.executable, "-m", "qsup_clamav.clamscan_worker", "--clamscan", exe]
+    if opts["database"]:
+        argv += ["--database", opts["database"]]
+    try:
+        argv += [f"--arg={a}" for a in shlex.split(opts["args"])]
+    except ValueError as exc:
+        raise ConfigError(f"[plugin.clamscan] args: {exc}") from None
+    return CommandScanner(argv + ["--"], mode="oneshot", name="clamscan")
+
+
+def make_clamd(config) -> CommandScanner:
+    opts = pluginopts.parse("clamd", config.plugin_options("clamd"), CLAMD_OPTIONS)
+    sock = opts["socket"] or clamd_socket_from()
+    argv = [sys.executable, "-m", "qsup_clamav.clamd_worker", "--socket", sock,
+            "--timeout", str(opts["timeout"]), "--connect-wait", str(opts["connect_wait"]),
+            "--chunk-size", str(opts["chunk_size"])]
+    return CommandScanner(argv, mode="persistent", name="clamd")
+
+
+@hookimpl
+def qsup_scanner_types():
+    return {"clamscan": make_clamscan, "clamd": make_clamd}
+
+
+_infected = RateCap(log)
+
+
+@hookimpl
+def qsup_verdict(qid: str, verdict: str, queue) -> None:
+    """Infected: said once per message (rate-capped), then handed on as usual."""
+    kind, _, name = verdict.partition(" ")
+    if kind == "infected":
+        _infected(logging.WARNING, "%s is infected (%s): a verdict, not a crash; the %s queue "
+                  "hands it on like any scanned message", qid, name or "?", queue.name)

@@ -1,0 +1,84 @@
+"""`qsup plugins` and the entry-point group: the shipped plugins are listed with their
+version and hooks; a broken third-party plugin is reported by name, and qsup goes on."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from importlib import metadata
+
+import pytest
+
+pytestmark = pytest.mark.realsys
+
+DEMO = f"{sys.executable} -m quarantine.demo_scanner"
+
+
+@pytest.fixture
+def broken_plugins(tmp_path):
+    """A distribution on PYTHONPATH whose qsup entry points are broken in three ways."""
+    site = tmp_path / "site"
+    info = site / "qsup_broken-1.2.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: qsup-broken\nVersion: 1.2\n")
+    (info / "entry_points.txt").write_text(
+        "[qsup]\nexplodes = qsup_explodes\nunknownhook = qsup_unknownhook\n"
+        "badtypes = qsup_badtypes\n")
+    (site / "qsup_explodes.py").write_text(
+        'raise RuntimeError("deliberately broken\\nat import")\n')
+    (site / "qsup_unknownhook.py").write_text(
+        "from quarantine.hookspecs import hookimpl\n\n@hookimpl\ndef qsup_no_such_hook():\n    pass\n")
+    (site / "qsup_badtypes.py").write_text(
+        "from quarantine.hookspecs import hookimpl\n\n@hookimpl\ndef qsup_queue_types():\n"
+        "    raise KeyError('oops')\n")
+    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    return {"PYTHONPATH": path}
+
+
+def test_the_shipped_plugins_are_listed_with_version_and_hooks(qsup):
+    run = qsup("plugins", "--json")
+    assert run.returncode == 0, run.stderr
+    rows = {row["name"]: row for row in json.loads(run.stdout)}
+    version = metadata.version("qsup")
+    assert rows["postfix"] == {"name": "postfix", "version": version, "error": None,
+                               "hooks": ["qsup_queue_types"]}
+    assert rows["clamav"]["hooks"] == ["qsup_scanner_types", "qsup_verdict"]
+    assert rows["spamassassin"]["hooks"] == ["qsup_scanner_types", "qsup_verdict"]
+    assert rows["clamav"]["version"] == rows["spamassassin"]["version"] == version
+    assert rows["quarantine.spool"]["version"].endswith("(built-in)")
+
+
+def test_a_broken_plugin_is_named_and_qsup_goes_on(qsup, make_spool, broken_plugins):
+    run = qsup("plugins", env=broken_plugins)
+    assert run.returncode == 0, run.stderr
+    assert "Traceback" not in run.stdout + run.stderr
+    lines = run.stdout.splitlines()
+    assert "explodes  BROKEN: RuntimeError: deliberately broken; at import" in lines
+    assert "unknownhook  BROKEN: PluginValidationError: unknown hook(s) qsup_no_such_hook" in lines
+    assert any(line.startswith("postfix  ") for line in lines)
+    assert "plugin explodes could not be loaded and is skipped" in run.stderr
+
+    # Draining still works: the broken plugins are skipped, once each, by name.
+    ids = make_spool(12, {})
+    run = qsup("drain", "--spool", str(qsup.spool), "--worker", DEMO, "--json", env=broken_plugins)
+    assert run.returncode == 0, run.stderr
+    assert qsup.summary(run)["delivered"] == len(ids)
+    assert "Traceback" not in run.stderr
+    assert "plugin badtypes: qsup_queue_types failed, its queue types are skipped: KeyError: 'oops'" in run.stderr
+
+
+def test_the_example_postfix_configuration_is_valid():
+    import qsup_clamav
+    import qsup_postfix
+    import qsup_spamassassin
+
+    from quarantine import config, pluginopts
+
+    here = os.path.dirname(__file__)
+    path = os.path.join(here, "..", "..", "examples", "mailscanner", "qsup-postfix.toml")
+    cfg = config.load(path, {})
+    assert (cfg.queue, cfg.scanner) == ("postfix", "clamd")
+    for name, spec in (("postfix", qsup_postfix.OPTIONS), ("clamd", qsup_clamav.CLAMD_OPTIONS),
+                       ("clamscan", qsup_clamav.CLAMSCAN_OPTIONS), ("spamc", qsup_spamassassin.OPTIONS)):
+        pluginopts.parse(name, cfg.plugin_options(name), spec)
