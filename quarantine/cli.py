@@ -183,7 +183,8 @@ def run(ctx: Ctx, **kwargs):
     sup, store = _build(ctx, config, "run")
     try:
         _signals(sup, reload_from=lambda: ctx.config(overrides))
-        log.info("watching %s with %d worker(s) (%s)", config.spool, config.workers, config.source)
+        where = config.spool if config.queue == "spool" else f"the {config.queue} queue"
+        log.info("watching %s with %d worker(s) (%s)", where, config.workers, config.source)
         code = sup.serve(follow=True)
         _print_summary(sup.summary(), False)
     finally:

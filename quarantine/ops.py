@@ -76,7 +76,7 @@ def release(store: Store, queue: Queue, ids: list[str], everything: bool, no_sca
             with store.write() as w:
                 w.delete("quarantine", rec["key"])
             continue
-        where = "outgoing/ without a scan" if no_scan else "incoming/ to be scanned again"
+        where = "on without a scan" if no_scan else "back into the queue to be scanned again"
         lines.append(f"released {rec['qid']} to {where}" + (f" as {mv.name}" if mv.name != rec["qid"] else ""))
     return lines
 

@@ -44,6 +44,7 @@ from quarantine.process import (
     reap_orphans,
     spawn,
 )
+from quarantine.ratecap import RateCap
 from quarantine.runs import Run
 from quarantine.store import Store
 
@@ -124,6 +125,7 @@ class Supervisor:
         self._rates: deque = deque()  # (time, delivered) for throughput
         self.started = clock()
         self.on_tick: Callable[["Supervisor"], None] | None = None
+        self._hook_log = RateCap(log, per_window=5, window=60.0, clock=clock)
 
     # ----------------------------------------------------------------- signals
     def request_stop(self) -> None:
@@ -493,7 +495,7 @@ class Supervisor:
             self.busy.pop(qid, None)
         for qid in decision.deliver:
             if qid in verdicts:
-                self.hooks.qsup_verdict(qid=qid, verdict=verdicts[qid], queue=self.queue)
+                self._fire("qsup_verdict", qid=qid, verdict=verdicts[qid], queue=self.queue)
         moves.apply_all(self.store, self.queue, delivers, wall)
         for qid in decision.deliver:
             self.queue.scan_done(qid)
@@ -559,7 +561,7 @@ class Supervisor:
                             now - self.breaker.since, self.breaker.reason)
                 self.breaker.probe_passed(now)
                 self._said_breaker = False
-                self.hooks.qsup_breaker(state="closed", reason="canary passed")
+                self._fire("qsup_breaker", state="closed", reason="canary passed")
             self._confirm(run.started, now)
             return
         self._canary_failed(f"{ending.value}{_detail_text(detail)}", now)
@@ -629,14 +631,24 @@ class Supervisor:
         log.warning("quarantined %s (%s%s) after %d strike(s): from %s, subject %s", qid, record["why"],
                     f", {record['signal']}" if record["signal"] else "", record["strikes"],
                     sender or "?", subject or "?")
-        self.hooks.qsup_quarantined(record=dict(record, name=mv.name, state="quarantined"))
+        self._fire("qsup_quarantined", record=dict(record, name=mv.name, state="quarantined"))
+
+    def _fire(self, hook: str, **kwargs) -> None:
+        """Call an event hook. A plugin that raises is reported (rate-capped) and
+        the supervisor goes on: a notification bug must not stop the mail."""
+        try:
+            getattr(self.hooks, hook)(**kwargs)
+        except Exception as exc:  # third-party code: any error is possible
+            self.stats["hook_errors"] += 1
+            self._hook_log(logging.ERROR, "a plugin's %s hook failed: %s: %s", hook,
+                           type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
 
     def _announce_breaker(self) -> None:
         if not self._said_breaker:
             self._said_breaker = True
             log.error("breaker open: %s — nothing is quarantined or dispatched; probing with the "
                       "canary", self.breaker.reason)
-            self.hooks.qsup_breaker(state="open", reason=self.breaker.reason)
+            self._fire("qsup_breaker", state="open", reason=self.breaker.reason)
 
     # ---------------------------------------------------------------- recovery
     def recover(self) -> dict:
