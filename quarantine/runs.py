@@ -28,6 +28,7 @@ class Run:
     sizes: dict[str, int]
     timeout: float
     canary: bool = False
+    max_rss: int | None = None  # bytes; the memory guard
     begun: list[str] = field(default_factory=list)
     done: set[str] = field(default_factory=set)
     verdicts: dict[str, str] = field(default_factory=dict)
@@ -82,6 +83,10 @@ class Run:
         ex = proc.exit
         if ex is None:
             return Ending.STOPPED, detail
+        if self.max_rss and proc.peak_rss > self.max_rss:
+            # Over the limit between two samples: the kernel's own peak (wait4) tells,
+            # so the guard does not depend on sampling luck.
+            return Ending.MEMORY, detail
         if ex.signal is not None:
             detail["signal"] = signal_name(ex.signal)
             if ex.signal == signal.SIGKILL:

@@ -311,7 +311,8 @@ class Supervisor:
         deadline = now + self.config.startup_allowance + self.config.timeout * len(batch.ids)
         run = Run(batch_id=batch_id, batch=batch, proc=proc, started=now, started_wall=wall,
                   deadline=deadline, fps=fps, sizes=sizes, timeout=self.config.timeout,
-                  canary=is_canary)
+                  canary=is_canary,
+                  max_rss=self.config.max_rss_mb * 2**20 if self.config.max_rss_mb else None)
         if proc.persistent:
             lines = [f"batch {batch_id} {len(paths)}\n"]
             lines += [f"{q} {p}\n" for q, p in zip(batch.ids, paths)]
@@ -331,7 +332,7 @@ class Supervisor:
             return
         outcome = Outcome(ending=Ending.SPAWN)
         self._settle_batch(batch_id, batch, fps, {}, outcome, {"error": why}, now, duration=0.0,
-                           stderr=b"", verdicts={}, ignored=0)
+                           stderr=b"", verdicts={})
 
     # ------------------------------------------------------------------- watch
     def _wait(self, now: float) -> None:
@@ -428,7 +429,7 @@ class Supervisor:
             run.proc.lines.overlong = 0
             self._settle_batch(run.batch_id, run.batch, run.fps, run.sizes, run.outcome(), detail,
                                now, duration=now - run.started, stderr=run.proc.stderr_tail,
-                               verdicts=run.verdicts, ignored=run.ignored)
+                               verdicts=run.verdicts)
             run.proc.stderr_tail = b""
 
     def _recycle_or_keep(self, proc: WorkerProcess) -> None:
@@ -441,7 +442,7 @@ class Supervisor:
             self.idle.append(proc)
 
     def _settle_batch(self, batch_id, batch, fps, sizes, outcome: Outcome, detail: dict, now: float,
-                      *, duration: float, stderr: bytes, verdicts: dict, ignored: int) -> None:
+                      *, duration: float, stderr: bytes, verdicts: dict) -> None:
         with self.store.read() as r:
             strikes = {q: (r.get("history", message_key(q, fps[q])) or {}).get("strikes", 0)
                        for q in batch.ids if q in fps}
@@ -501,10 +502,13 @@ class Supervisor:
             self.queue.scan_done(qid)
         self.stats["delivered"] += len(decision.deliver)
         self._rates.append((now, len(decision.deliver)))
-        if decision.systemic and self.breaker.trip(
-                f"worker cannot start: {detail.get('error') or 'it died before reading anything'}"
-                f"{_detail_text({k: v for k, v in detail.items() if k != 'error'})}", now):
-            self._announce_breaker()
+        if decision.systemic:
+            said = stderr.decode("utf-8", "replace").strip().splitlines()[-1:]
+            why = detail.get("error") or "it died before reading anything"
+            rest = _detail_text({k: v for k, v in detail.items() if k != "error"})
+            if self.breaker.trip(f"worker cannot start: {why}{rest}"
+                                 + (f"; it said: {said[0][:200]}" if said else ""), now):
+                self._announce_breaker()
         for qid in decision.strike:
             self.stats["strikes"] += 1
             if self.breaker.solo_crash(message_key(qid, fps[qid]), now):
@@ -512,10 +516,14 @@ class Supervisor:
                                      f"crashed alone within {self.config.storm_window:.0f}s", now):
                     self._announce_breaker()
 
-    def _note_attempt(self, w, qid: str, fp: str, attempt: dict, strike: bool) -> None:
+    @staticmethod
+    def _history(w, qid: str, fp: str) -> tuple[str, dict]:
         key = message_key(qid, fp)
-        hist = w.get("history", key) or {"qid": qid, "fp": fp, "strikes": 0, "attempts_total": 0,
-                                         "attempts": []}
+        return key, w.get("history", key) or {"qid": qid, "fp": fp, "strikes": 0,
+                                              "attempts_total": 0, "attempts": []}
+
+    def _note_attempt(self, w, qid: str, fp: str, attempt: dict, strike: bool) -> None:
+        key, hist = self._history(w, qid, fp)
         hist["attempts_total"] += 1
         hist["attempts"] = (hist["attempts"] + [dict(attempt, strike=strike)])[-self.config.history:]
         if strike:
@@ -523,9 +531,7 @@ class Supervisor:
         w.put("history", key, hist)
 
     def _note(self, w, qid: str, fp: str, field: str, inc: int) -> None:
-        key = message_key(qid, fp)
-        hist = w.get("history", key) or {"qid": qid, "fp": fp, "strikes": 0, "attempts_total": 0,
-                                         "attempts": []}
+        key, hist = self._history(w, qid, fp)
         hist[field] = hist.get(field, 0) + inc
         w.put("history", key, hist)
 
