@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import tenacity
 
-# Probing a broken environment with the canary: 1 s, 2 s, 4 s … capped at 5 minutes.
-PROBE_WAIT = tenacity.wait_exponential(multiplier=1, min=1, max=300)
+# Probing a broken environment with the canary: 0.25 s, 0.5 s, 1 s … capped at 5 minutes.
+PROBE_WAIT = tenacity.wait_exponential(multiplier=0.25, min=0.25, max=300)
 
 # Respawning a persistent worker that keeps dying at start-up.
 RESPAWN_WAIT = tenacity.wait_exponential(multiplier=0.2, min=0.2, max=30)

@@ -13,6 +13,11 @@ from enum import StrEnum
 from quarantine.backoff import probe_delay
 
 
+# Deliveries per distinct solo crash above which a storm is a run of poison in a
+# flowing queue (seed 003) rather than a broken environment.
+STORM_SHARE = 20
+
+
 class BreakerState(StrEnum):
     CLOSED = "closed"
     OPEN = "open"
@@ -31,12 +36,13 @@ class Breaker:
     closed_at: float = -1e18
     _recent: deque = field(default_factory=deque)  # (time, key) of distinct solo crashes
     _seen: set = field(default_factory=set)
+    _delivered: deque = field(default_factory=deque)  # (time, count) within storm_window
 
     @property
     def is_open(self) -> bool:
         return self.state is BreakerState.OPEN
 
-    def trip(self, reason: str, now: float) -> bool:
+    def trip(self, reason: str, now: float, escalate: bool = True) -> bool:
         """Open the breaker; True if it was closed (say why once, not per message)."""
         if self.is_open:
             return False
@@ -44,9 +50,23 @@ class Breaker:
         self.probes = 0
         # A breaker that reopens soon after closing waits longer each time, so a
         # storm the canary cannot see is slowed down, not let through in chunks.
-        self.trips = self.trips + 1 if now - self.closed_at < self.storm_window else 1
+        recent = now - self.closed_at < self.storm_window
+        self.trips = self.trips + 1 if escalate and recent else 1
         self.next_probe = now + probe_delay(self.trips)
         return True
+
+    def delivered(self, count: int, now: float) -> None:
+        """Note messages handed on: the traffic a storm is measured against."""
+        self._delivered.append((now, count))
+        while self._delivered and self._delivered[0][0] <= now - self.storm_window:
+            self._delivered.popleft()
+
+    def storm(self, reason: str, now: float) -> bool:
+        """Open for a storm. Escalate the wait only when the crashes are a large share
+        of the traffic (fewer than STORM_SHARE deliveries per distinct crash): a broken
+        environment the canary cannot see, not a run of poison in a flowing queue."""
+        flowing = sum(n for _, n in self._delivered) >= STORM_SHARE * len(self._seen)
+        return self.trip(reason, now, escalate=not flowing)
 
     def solo_crash(self, key: str, now: float) -> bool:
         """Count a distinct message crashing alone; True if that makes a storm."""

@@ -14,7 +14,7 @@ import os
 import selectors
 import time
 from collections import Counter, deque
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from enum import IntEnum
 from typing import Callable
 
@@ -42,6 +42,7 @@ from quarantine.process import (
     kill_stale_workers,
     peak_rss_of_self,
     reap_orphans,
+    sample_all,
     spawn,
 )
 from quarantine.ratecap import RateCap
@@ -50,6 +51,7 @@ from quarantine.store import Store
 
 log = logging.getLogger("qsup")
 STATUS_EVERY = 1.0
+REFILL_MAX = 50_000  # most queue entries held in memory at once
 TICK = 0.05
 
 
@@ -68,6 +70,21 @@ def batch_from_json(data: dict) -> tuple[Batch, dict[str, str]]:
     batch = Batch(ids=tuple(data["ids"]), lane=Lane(data["lane"]), path=tuple(data["path"]),
                   hunt=data.get("hunt"))
     return batch, dict(data.get("fps", {}))
+
+
+@dataclass
+class Ended:
+    """A batch that ended, with what the policy needs to judge it."""
+
+    batch_id: str
+    batch: Batch
+    fps: dict[str, str]
+    sizes: dict[str, int]
+    outcome: Outcome
+    detail: dict
+    duration: float = 0.0
+    stderr: bytes = b""
+    verdicts: dict = field(default_factory=dict)
 
 
 class Supervisor:
@@ -120,6 +137,7 @@ class Supervisor:
         self._crash_streak = 0  # batches crashed in a row with no success between
         self._state_broken = False
         self._last_prune = -math.inf
+        self._last_sample = -math.inf
         self._streak_started = -math.inf
         self._said_breaker = False
         self._rates: deque = deque()  # (time, delivered) for throughput
@@ -199,11 +217,16 @@ class Supervisor:
         cap = self.config.workers * self.config.batch_size
         if len(self.buffer) >= cap * 2:
             return
+        if self._last_depth[0] == -math.inf:
+            self._last_depth = (now, self.queue.depth())
         if not force and now - self._last_list < self.config.poll_interval:
             return
         self._last_list = now
         skip = lambda q: q in self.busy or q in self.buffered  # noqa: E731
-        for ref in self.queue.pending(cap * 4, skip):
+        # A deep queue is listed less often: take a larger slice of it each time
+        # (bounded, so memory stays flat however deep the queue is).
+        want = max(cap * 4, min(REFILL_MAX, self._last_depth[1] // 8))
+        for ref in self.queue.pending(want, skip):
             self.buffer.append(ref)
             self.buffered.add(ref.qid)
         for line in self.queue.reports():
@@ -265,19 +288,13 @@ class Supervisor:
                     w.put("inflight", qid, batch_id)
                     self.busy[qid] = fps[qid]
                 record = batch_to_json(batch, fps)
-                record.update(started=wall, qsup=os.getpid(), pid=None)
+                record.update(started=wall, qsup=os.getpid())
                 w.put("batches", batch_id, record)
                 if known.get("__pending__"):
                     w.delete("pending", known["__pending__"])
+        # Worker pids are not recorded: a restart finds stale workers by QSUP_OWNER.
         for batch_id, batch, fps, sizes, _ in ready:
             self._launch(batch_id, batch, fps, sizes, now, wall)
-        with self.store.write() as w:
-            for batch_id, run in self.runs.items():
-                if run.started == now and not run.canary:
-                    rec = w.get("batches", batch_id)
-                    if rec is not None and rec.get("pid") is None:
-                        rec["pid"] = run.proc.pid
-                        w.put("batches", batch_id, rec)
 
     def _worker_env(self, batch_id: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -330,9 +347,7 @@ class Supervisor:
         if is_canary:
             self._canary_failed(why, now)
             return
-        outcome = Outcome(ending=Ending.SPAWN)
-        self._settle_batch(batch_id, batch, fps, {}, outcome, {"error": why}, now, duration=0.0,
-                           stderr=b"", verdicts={})
+        self._settle([Ended(batch_id, batch, fps, {}, Outcome(ending=Ending.SPAWN), {"error": why})], now)
 
     # ------------------------------------------------------------------- watch
     def _wait(self, now: float) -> None:
@@ -351,6 +366,14 @@ class Supervisor:
             for line in lines:
                 if run is not None:
                     run.line(line, now)
+        interval = self.config.rss_interval if self.config.max_rss_mb else 1.0
+        if now - self._last_sample >= interval:
+            self._last_sample = now
+            rss = sample_all([r.proc for r in self.all_runs() if r.proc.exit is None])
+            limit = self.config.max_rss_mb * 2**20 if self.config.max_rss_mb else None
+            for run in self.all_runs():
+                if limit and rss.get(run.proc.pid, 0) > limit:
+                    run.proc.kill("memory")
         for run in self.all_runs():
             self._watch(run, now)
         for proc in list(self.idle):
@@ -372,16 +395,7 @@ class Supervisor:
 
     def _watch(self, run: Run, now: float) -> None:
         proc = run.proc
-        if proc.poll() is not None:
-            return
-        interval = self.config.rss_interval if self.config.max_rss_mb else 1.0
-        if now - getattr(run, "_sampled", -math.inf) >= interval:
-            run._sampled = now  # type: ignore[attr-defined]
-            rss = proc.sample()
-            if self.config.max_rss_mb and rss > self.config.max_rss_mb * 1024 * 1024:
-                proc.kill("memory")
-                return
-        if now >= run.deadline:
+        if proc.poll() is None and now >= run.deadline:
             proc.kill("timeout")
 
     def _retire(self, proc: WorkerProcess, polite: float = 0.0) -> None:
@@ -410,6 +424,7 @@ class Supervisor:
 
     # ----------------------------------------------------------------- collect
     def _collect(self, now: float) -> None:
+        ended: list[Ended] = []
         for run in self.all_runs():
             if run.proc.exit is None and not run.ended_batch:
                 continue
@@ -427,10 +442,11 @@ class Supervisor:
                 self._recycle_or_keep(run.proc)
             self.stats["ignored_lines"] += run.ignored + run.proc.lines.overlong
             run.proc.lines.overlong = 0
-            self._settle_batch(run.batch_id, run.batch, run.fps, run.sizes, run.outcome(), detail,
-                               now, duration=now - run.started, stderr=run.proc.stderr_tail,
-                               verdicts=run.verdicts)
+            ended.append(Ended(run.batch_id, run.batch, run.fps, run.sizes, run.outcome(), detail,
+                               duration=now - run.started, stderr=run.proc.stderr_tail,
+                               verdicts=run.verdicts))
             run.proc.stderr_tail = b""
+        self._settle(ended, now)
 
     def _recycle_or_keep(self, proc: WorkerProcess) -> None:
         limit = self.config.recycle_rss_mb
@@ -441,12 +457,42 @@ class Supervisor:
         else:
             self.idle.append(proc)
 
-    def _settle_batch(self, batch_id, batch, fps, sizes, outcome: Outcome, detail: dict, now: float,
-                      *, duration: float, stderr: bytes, verdicts: dict) -> None:
+    def _settle(self, ended: list[Ended], now: float) -> None:
+        """Act on the policy's decisions for every batch that ended in this pass:
+        one transaction records them all (intents included), then the moves are
+        made, then one transaction completes them."""
+        if not ended:
+            return
         with self.store.read() as r:
-            strikes = {q: (r.get("history", message_key(q, fps[q])) or {}).get("strikes", 0)
-                       for q in batch.ids if q in fps}
-        decision = decide(batch, outcome, strikes, self.config.strikes, hunt=batch_id)
+            decisions = [self._decide(r, e) for e in ended]
+        wall = self.wall()
+        delivers = []
+        with self.store.write() as w:
+            for e, decision in zip(ended, decisions):
+                delivers += self._record(w, e, decision, now)
+        for e, decision in zip(ended, decisions):
+            for qid in decision.deliver + decision.requeue:
+                self.busy.pop(qid, None)
+            for qid in decision.deliver:
+                if qid in e.verdicts:
+                    self._fire("qsup_verdict", qid=qid, verdict=e.verdicts[qid], queue=self.queue)
+        moves.apply_all(self.store, self.queue, delivers, wall)
+        for e, decision in zip(ended, decisions):
+            for qid in decision.deliver:
+                self.queue.scan_done(qid)
+            self.stats["delivered"] += len(decision.deliver)
+            self._rates.append((now, len(decision.deliver)))
+            self.breaker.delivered(len(decision.deliver), now)
+            self._judge_environment(e, decision, now)
+
+    def _decide(self, r, e: Ended) -> Decision:
+        strikes = {q: (r.get("history", message_key(q, e.fps[q])) or {}).get("strikes", 0)
+                   for q in e.batch.ids if q in e.fps}
+        return decide(e.batch, e.outcome, strikes, self.config.strikes, hunt=e.batch_id)
+
+    def _record(self, w, e: Ended, decision: Decision, now: float) -> list:
+        """Write what the decision means for the state; return the deliveries planned."""
+        batch, fps, outcome = e.batch, e.fps, e.outcome
         crashed = outcome.ending in CRASHES
         if outcome.ending is Ending.OK:
             self._crash_streak = 0
@@ -455,65 +501,57 @@ class Supervisor:
                 self._streak_started = now
             self._crash_streak += 1
             self.stats["crashes"] += 1
-            log.info("batch %s (%d message(s), %s lane) crashed: %s%s", batch_id, len(batch.ids),
-                     batch.lane.value, outcome.ending.value, _detail_text(detail))
+            log.info("batch %s (%d message(s), %s lane) crashed: %s%s", e.batch_id, len(batch.ids),
+                     batch.lane.value, outcome.ending.value, _detail_text(e.detail))
         unexplained = None
         if crashed or outcome.ending is Ending.OK:  # a stop says nothing about a hunt
             unexplained = self.hunts.finish(batch, crashed)
-            self.hunts.start(batch_id, decision, batch.ids)
-        attempt = {"batch": batch_id, "size": len(batch.ids), "ending": outcome.ending.value,
-                   "duration": round(duration, 3), "when": self.wall(), "path": list(batch.path),
-                   "stderr": stderr[-600:].decode("utf-8", "replace"), **detail}
-        wall = self.wall()
-        delivers = [self.queue.plan(q, fps[q], "outgoing") for q in decision.deliver]
-        with self.store.write() as w:
-            w.delete("batches", batch_id)
+            self.hunts.start(e.batch_id, decision, batch.ids)
+        w.delete("batches", e.batch_id)
+        for qid in batch.ids:
+            w.delete("inflight", qid)
+        if crashed:
+            attempt = {"batch": e.batch_id, "size": len(batch.ids), "ending": outcome.ending.value,
+                       "duration": round(e.duration, 3), "when": self.wall(), "path": list(batch.path),
+                       "stderr": e.stderr[-600:].decode("utf-8", "replace"), **e.detail}
             for qid in batch.ids:
-                w.delete("inflight", qid)
-            if crashed:
-                for qid in batch.ids:
-                    if qid not in outcome.done:
-                        self._note_attempt(w, qid, fps[qid], attempt, qid in decision.strike)
-            if unexplained:
-                self.stats["unexplained"] += 1
-                for qid in unexplained:
-                    if qid in fps:
-                        self._note(w, qid, fps[qid], "unexplained", 1)
-            for retry in decision.retry:
-                pid = f"{batch_id}.{next(self._ids):x}"
-                w.put("pending", pid, batch_to_json(retry, fps))
-                self.suspects.append((retry, {**{q: fps[q] for q in retry.ids}, "__pending__": pid}))
-            for qid in decision.quarantine:
-                key = message_key(qid, fps[qid])
-                pid = f"{batch_id}.q{next(self._ids):x}"
-                data = batch_to_json(Batch(ids=(qid,), lane=Lane.SUSPECT, path=batch.path), fps)
-                data["awaiting"] = True
-                w.put("pending", pid, data)
-                self.awaiting[key] = {"qid": qid, "fp": fps[qid], "crashed_at": now, "pending": pid,
-                                      "path": list(batch.path), "size": sizes.get(qid, 0)}
-            moves.record_intents(w, delivers)
-        for qid in decision.deliver + decision.requeue:
-            self.busy.pop(qid, None)
-        for qid in decision.deliver:
-            if qid in verdicts:
-                self._fire("qsup_verdict", qid=qid, verdict=verdicts[qid], queue=self.queue)
-        moves.apply_all(self.store, self.queue, delivers, wall)
-        for qid in decision.deliver:
-            self.queue.scan_done(qid)
-        self.stats["delivered"] += len(decision.deliver)
-        self._rates.append((now, len(decision.deliver)))
+                if qid not in outcome.done:
+                    self._note_attempt(w, qid, fps[qid], attempt, qid in decision.strike)
+        if unexplained:
+            self.stats["unexplained"] += 1
+            for qid in unexplained:
+                if qid in fps:
+                    self._note(w, qid, fps[qid], "unexplained", 1)
+        for retry in decision.retry:
+            pid = f"{e.batch_id}.{next(self._ids):x}"
+            w.put("pending", pid, batch_to_json(retry, fps))
+            self.suspects.append((retry, {**{q: fps[q] for q in retry.ids}, "__pending__": pid}))
+        for qid in decision.quarantine:
+            key = message_key(qid, fps[qid])
+            pid = f"{e.batch_id}.q{next(self._ids):x}"
+            data = batch_to_json(Batch(ids=(qid,), lane=Lane.SUSPECT, path=batch.path), fps)
+            data["awaiting"] = True
+            w.put("pending", pid, data)
+            self.awaiting[key] = {"qid": qid, "fp": fps[qid], "crashed_at": now, "pending": pid,
+                                  "path": list(batch.path), "size": e.sizes.get(qid, 0)}
+        delivers = [self.queue.plan(q, fps[q], "outgoing") for q in decision.deliver]
+        moves.record_intents(w, delivers)
+        return delivers
+
+    def _judge_environment(self, e: Ended, decision: Decision, now: float) -> None:
+        """Spawn failures and storms open the breaker."""
         if decision.systemic:
-            said = stderr.decode("utf-8", "replace").strip().splitlines()[-1:]
-            why = detail.get("error") or "it died before reading anything"
-            rest = _detail_text({k: v for k, v in detail.items() if k != "error"})
+            said = e.stderr.decode("utf-8", "replace").strip().splitlines()[-1:]
+            why = e.detail.get("error") or "it died before reading anything"
+            rest = _detail_text({k: v for k, v in e.detail.items() if k != "error"})
             if self.breaker.trip(f"worker cannot start: {why}{rest}"
                                  + (f"; it said: {said[0][:200]}" if said else ""), now):
                 self._announce_breaker()
         for qid in decision.strike:
             self.stats["strikes"] += 1
-            if self.breaker.solo_crash(message_key(qid, fps[qid]), now):
-                if self.breaker.trip(f"storm: more than {self.config.storm_limit} distinct messages "
-                                     f"crashed alone within {self.config.storm_window:.0f}s", now):
+            if self.breaker.solo_crash(message_key(qid, e.fps[qid]), now):
+                if self.breaker.storm(f"storm: more than {self.config.storm_limit} distinct messages "
+                                      f"crashed alone within {self.config.storm_window:.0f}s", now):
                     self._announce_breaker()
 
     @staticmethod

@@ -21,7 +21,7 @@ def test_breaker_logic_with_injected_time():
     assert b.solo_crash("m0", now=3) is False  # the same message again is not a storm
     assert b.solo_crash("m9", now=4) is True
     assert b.trip("storm", now=4) and not b.trip("storm again", now=5)
-    assert not b.probe_due(4.5) and b.probe_due(4 + probe_delay(1))
+    assert not b.probe_due(4 + probe_delay(1) / 2) and b.probe_due(4 + probe_delay(1))
     b.probe_failed(now=10)
     assert b.next_probe == 10 + probe_delay(2)
     b.probe_passed(now=20)
@@ -31,6 +31,9 @@ def test_breaker_logic_with_injected_time():
     b.probe_passed(now=40)
     b.trip("later", now=40 + 61)
     assert b.next_probe == 101 + probe_delay(1)
+    b.probe_passed(now=110)
+    b.delivered(1000, now=111)  # a flowing queue: a run of poison, not a broken scanner
+    assert b.storm("storm", now=112) and b.next_probe == 112 + probe_delay(1)
 
 
 @pytest.mark.parametrize("limit", [["--max-rss", "4"], ["--rlimit-as-mb", "12"]], ids=["max-rss", "rlimit-as"])
