@@ -67,6 +67,9 @@ FIELDS: tuple[Field, ...] = (
           "Default: a built-in minimal RFC 5322 message.", optional=True),
     Field("poll_interval", float, 1.0, "Seconds between looks at the queue when idle."),
     Field("grace", float, 30.0, "Seconds a warm stop lets in-flight batches finish."),
+    Field("spare_workers", int, None, "Persistent mode: workers started ahead, so a crash or "
+          "a canary run does not wait for a worker's start-up. Default: a quarter of the "
+          "workers plus one (the suspect lane and the canary).", minimum=0, optional=True),
     Field("recycle_batches", int, 1000, "Persistent workers are replaced after this many "
           "batches.", minimum=1),
     Field("recycle_rss_mb", int, None, "Persistent workers are replaced when their RSS "
@@ -104,6 +107,7 @@ class Config:
     canary: str | None
     poll_interval: float
     grace: float
+    spare_workers: int | None
     recycle_batches: int
     recycle_rss_mb: int | None
     history: int

@@ -19,6 +19,7 @@ from enum import IntEnum
 from typing import Callable
 
 from quarantine import canary, moves, ops
+from quarantine.backoff import respawn_delay
 from quarantine.breaker import Breaker
 from quarantine.config import Config
 from quarantine.errors import EXIT_BREAKER, EXIT_OK, StateError
@@ -138,6 +139,8 @@ class Supervisor:
         self._state_broken = False
         self._last_prune = -math.inf
         self._last_sample = -math.inf
+        self._spare_deaths = 0  # spares that died idle since the last good batch
+        self._spare_after = -math.inf
         self._streak_started = -math.inf
         self._said_breaker = False
         self._rates: deque = deque()  # (time, delivered) for throughput
@@ -171,6 +174,7 @@ class Supervisor:
                     self._canary_tick(now)
                     self._refill(now, force=not follow and not self.buffer)
                     self._dispatch(now)
+                    self._keep_spares(now)
                     if not follow and self._drained():
                         break
                     if not follow and self._gave_up(now):
@@ -307,8 +311,32 @@ class Supervisor:
 
     def _proc_for(self, batch_id: str, paths: list[str], now: float, fresh: bool) -> WorkerProcess:
         persistent = self.scanner.mode == "persistent"
-        if persistent and self.idle and not fresh:
-            return self.idle.pop()
+        if persistent and self.idle:
+            # warm workers first; a spare (never used) when a fresh one is wanted
+            ranked = sorted(self.idle, key=lambda p: (p.batches == 0) != fresh)
+            if not fresh or ranked[0].batches == 0:
+                self.idle.remove(ranked[0])
+                return ranked[0]
+        return self._spawn(batch_id, paths, now)
+
+    def _keep_spares(self, now: float) -> None:
+        """Persistent mode: keep `spare_workers` fresh workers started ahead, backing
+        off when they die on their own (a broken environment must not spin)."""
+        if self.scanner.mode != "persistent" or self.breaker.is_open or now < self._spare_after:
+            return
+        wanted = self.config.spare_workers
+        if wanted is None:
+            wanted = suspect_slots(self.config.workers, True) + 1
+        while sum(1 for p in self.idle if p.batches == 0) < wanted:
+            try:
+                self.idle.append(self._spawn("spare", [], now))
+            except SpawnError:
+                self._spare_deaths += 1
+                self._spare_after = now + respawn_delay(self._spare_deaths)
+                return
+
+    def _spawn(self, batch_id: str, paths: list[str], now: float) -> WorkerProcess:
+        persistent = self.scanner.mode == "persistent"
         argv = self.scanner.command() + ([] if persistent else paths)
         proc = spawn(argv, env=self._worker_env(batch_id), now=now, persistent=persistent,
                      rlimit_as_mb=self.config.rlimit_as_mb)
@@ -380,6 +408,8 @@ class Supervisor:
             if proc.poll() is not None:
                 self.idle.remove(proc)
                 self._close_proc(proc)
+                self._spare_deaths += 1  # died without a batch: do not respawn at once
+                self._spare_after = now + respawn_delay(self._spare_deaths)
         if now - self._last_sweep >= 2.0:
             self._last_sweep = now
             self._sweep_orphans()
@@ -496,6 +526,7 @@ class Supervisor:
         crashed = outcome.ending in CRASHES
         if outcome.ending is Ending.OK:
             self._crash_streak = 0
+            self._spare_deaths = 0
         elif crashed:
             if self._crash_streak == 0:
                 self._streak_started = now
