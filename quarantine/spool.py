@@ -28,6 +28,9 @@ _REPORTED_CAP = 100_000  # how many odd names are remembered so each is reported
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _renameat2 = getattr(_libc, "renameat2", None)
+if _renameat2 is not None:
+    _renameat2.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+    _renameat2.restype = ctypes.c_int
 _AT_FDCWD, _RENAME_NOREPLACE = -100, 1
 
 
@@ -54,6 +57,7 @@ class SpoolQueue:
 
     def __init__(self, root: str):
         self.root = os.path.abspath(root)
+        self._dirs = {sub: os.path.join(self.root, sub) for sub in SUBDIRS}
         for sub in SUBDIRS:
             os.makedirs(self.dir(sub), mode=0o700 if sub == "quarantine" else 0o755, exist_ok=True)
         os.chmod(self.dir("quarantine"), 0o700)
@@ -61,7 +65,10 @@ class SpoolQueue:
         self._new_reports: list[str] = []
 
     def dir(self, sub: str) -> str:
-        return os.path.join(self.root, sub)
+        return self._dirs.get(sub) or os.path.join(self.root, sub)
+
+    def path(self, sub: str, name: str) -> str:
+        return f"{self._dirs[sub]}/{name}"  # hot path: no os.path.join
 
     def _report(self, name: str, why: str) -> None:
         if name in self._reported or len(self._reported) >= _REPORTED_CAP:
@@ -114,10 +121,10 @@ class SpoolQueue:
             os.close(fd)
 
     def identify(self, qid: str) -> tuple[int, str] | None:
-        return self._identify_path(os.path.join(self.dir("incoming"), qid))
+        return self._identify_path(self.path("incoming", qid))
 
     def scan_path(self, qid: str) -> str:
-        return os.path.join(self.dir("incoming"), qid)
+        return self.path("incoming", qid)
 
     def scan_done(self, qid: str) -> None:
         pass
@@ -126,16 +133,16 @@ class SpoolQueue:
         name = qid
         base = f"{qid[:110]}.{fp[:12]}"
         n = 0
-        while os.path.lexists(os.path.join(self.dir(dest), name)):
+        while os.path.lexists(self.path(dest, name)):
             n += 1
             name = base if n == 1 else f"{base}.{n}"
         return Move(qid=qid, fp=fp, dest=dest, name=name, origin=origin, source=source)
 
     def _src(self, move: Move) -> str:
-        return os.path.join(self.dir(move.origin), move.source or move.qid)
+        return self.path(move.origin, move.source or move.qid)
 
     def apply(self, move: Move) -> str:
-        src, dst = self._src(move), os.path.join(self.dir(move.dest), move.name)
+        src, dst = self._src(move), self.path(move.dest, move.name)
         ident = self._identify_path(src)
         if ident is not None and ident[1] == move.fp:
             rename_noreplace(src, dst)

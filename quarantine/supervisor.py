@@ -14,7 +14,7 @@ import os
 import selectors
 import time
 from collections import Counter, deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Callable
 
@@ -229,7 +229,7 @@ class Supervisor:
         skip = lambda q: q in self.busy or q in self.buffered  # noqa: E731
         # A deep queue is listed less often: take a larger slice of it each time
         # (bounded, so memory stays flat however deep the queue is).
-        want = max(cap * 4, min(REFILL_MAX, self._last_depth[1] // 8))
+        want = max(cap * 4, min(REFILL_MAX, self._last_depth[1] // 2))
         for ref in self.queue.pending(want, skip):
             self.buffer.append(ref)
             self.buffered.add(ref.qid)
@@ -912,4 +912,4 @@ def _detail_text(detail: dict) -> str:
     return f" ({', '.join(parts)})" if parts else ""
 
 
-__all__ = ["Supervisor", "Stop", "asdict"]
+__all__ = ["Supervisor", "Stop", "Ended"]
