@@ -66,7 +66,10 @@ class Breaker:
         of the traffic (fewer than STORM_SHARE deliveries per distinct crash): a broken
         environment the canary cannot see, not a run of poison in a flowing queue."""
         flowing = sum(n for _, n in self._delivered) >= STORM_SHARE * len(self._seen)
-        return self.trip(reason, now, escalate=not flowing)
+        opened = self.trip(reason, now, escalate=not flowing)
+        if opened and flowing:
+            self.next_probe = now  # ask the canary at once: every idle second stalls the queue
+        return opened
 
     def solo_crash(self, key: str, now: float) -> bool:
         """Count a distinct message crashing alone; True if that makes a storm."""
