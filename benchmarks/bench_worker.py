@@ -26,21 +26,7 @@ from quarantine.worker import run_oneshot, run_persistent
 
 def run_blind_persistent(scan, stdin, stdout) -> int:
     """The persistent protocol of quarantine/worker.py without progress lines."""
-    stdout.write("ready\n")
-    stdout.flush()
-    while True:
-        header = stdin.readline()
-        if not header:
-            return 0
-        parts = header.split()
-        if len(parts) != 3 or parts[0] != "batch":
-            continue
-        batch_id, count = parts[1], int(parts[2])
-        items = [stdin.readline().rstrip("\n").partition(" ") for _ in range(count)]
-        for qid, _, path in items:
-            scan(path, qid)
-        stdout.write(f"end {batch_id}\n")
-        stdout.flush()
+    return run_persistent(scan, stdin, stdout, progress=False)
 
 
 def main(argv: list[str] | None = None) -> None:

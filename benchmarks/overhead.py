@@ -29,8 +29,9 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from quarantine.demo import build_spool  # noqa: E402
-from run import clone_spool, drive, fsync_probe, host_info  # noqa: E402
+from run import clone_spool, drive, fsync_probe, host_info
+
+from quarantine.demo import build_spool
 
 TINY = b"From: a@example.org\r\nSubject: x\r\n\r\nx\r\n"
 

@@ -12,7 +12,6 @@ from enum import StrEnum
 
 from quarantine.backoff import probe_delay
 
-
 # Deliveries per distinct solo crash above which a storm is a run of poison in a
 # flowing queue (seed 003) rather than a broken environment.
 STORM_SHARE = 20

@@ -12,7 +12,14 @@ from datetime import datetime
 import click
 
 from quarantine import ops, pm
-from quarantine.config import BY_NAME, FIELDS, Config, default_state_dir, find_config, load
+from quarantine.config import (
+    BY_NAME,
+    FIELDS,
+    Config,
+    default_state_dir,
+    find_config,
+    load,
+)
 from quarantine.errors import EXIT_OK, ConfigError, NotFound, QsupError
 from quarantine.store import Store
 

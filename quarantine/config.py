@@ -133,7 +133,7 @@ class Config:
             raise ConfigError("worker: empty command")
         return argv
 
-    def replace(self, **changes: Any) -> "Config":
+    def replace(self, **changes: Any) -> Config:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values.update(changes)
         return Config(**values)

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         time.sleep(args.startup)
     scan = make_scan(args.delay)
     if os.environ.get("QSUP_PERSISTENT") == "1":
-        sys.exit(run_persistent(scan, sys.stdin, sys.stdout))
+        sys.exit(run_persistent(scan, sys.stdin, sys.stdout, progress=not args.no_progress))
     if args.no_progress:
         os.environ.pop("QSUP_STATUS_FD", None)
     sys.exit(run_oneshot(scan, args.paths))

@@ -21,9 +21,9 @@ A message's life, on one screen::
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Mapping
 
 
 class State(StrEnum):

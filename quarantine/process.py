@@ -375,6 +375,17 @@ def pid_alive(pid: int) -> bool:
 
 
 __all__ = [
-    "SpawnError", "WorkerProcess", "spawn", "sample_all", "reap_orphans", "become_subreaper", "kill_stale_workers",
-    "signal_name", "rss_of_self", "peak_rss_of_self", "pid_alive", "Exit", "LineReader",
+    "Exit",
+    "LineReader",
+    "SpawnError",
+    "WorkerProcess",
+    "become_subreaper",
+    "kill_stale_workers",
+    "peak_rss_of_self",
+    "pid_alive",
+    "reap_orphans",
+    "rss_of_self",
+    "sample_all",
+    "signal_name",
+    "spawn",
 ]

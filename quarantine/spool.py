@@ -17,7 +17,7 @@ import errno
 import heapq
 import os
 import stat
-from typing import Callable
+from collections.abc import Callable
 
 from quarantine.hookspecs import MessageRef, Move, hookimpl
 from quarantine.ids import FINGERPRINT_BYTES, fingerprint, is_queue_id
@@ -45,6 +45,22 @@ def rename_noreplace(src: str, dst: str) -> None:
             raise OSError(err, os.strerror(err), src)
     os.link(src, dst, follow_symlinks=False)  # EEXIST instead of overwriting
     os.unlink(src)
+
+
+def read_head(path: str, limit: int = FINGERPRINT_BYTES) -> tuple[int, bytes] | None:
+    """Size and first *limit* bytes of a regular file, never following a symlink and
+    never blocking on a FIFO; None if it is gone or not a regular file."""
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        return st.st_size, os.read(fd, limit)
+    finally:
+        os.close(fd)
 
 
 def describe_name(name: str) -> str:
@@ -107,18 +123,11 @@ class SpoolQueue:
             return sum(1 for e in it if is_queue_id(e.name) and e.is_file(follow_symlinks=False))
 
     def _identify_path(self, path: str) -> tuple[int, str] | None:
-        try:
-            fd = os.open(path, _OPEN_FLAGS)
-        except (FileNotFoundError, OSError):
+        found = read_head(path)
+        if found is None:
             return None
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                return None
-            head = os.read(fd, FINGERPRINT_BYTES)
-            return st.st_size, fingerprint(st.st_size, head)
-        finally:
-            os.close(fd)
+        size, head = found
+        return size, fingerprint(size, head)
 
     def identify(self, qid: str) -> tuple[int, str] | None:
         return self._identify_path(self.path("incoming", qid))

@@ -21,8 +21,9 @@ import errno
 import fcntl
 import json
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import lmdb
 

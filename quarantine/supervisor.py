@@ -14,9 +14,9 @@ import os
 import selectors
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Callable
 
 from quarantine import canary, moves, ops
 from quarantine.backoff import respawn_delay
@@ -145,7 +145,7 @@ class Supervisor:
         self._said_breaker = False
         self._rates: deque = deque()  # (time, delivered) for throughput
         self.started = clock()
-        self.on_tick: Callable[["Supervisor"], None] | None = None
+        self.on_tick: Callable[[Supervisor], None] | None = None
         self._hook_log = RateCap(log, per_window=5, window=60.0, clock=clock)
 
     # ----------------------------------------------------------------- signals
@@ -226,7 +226,7 @@ class Supervisor:
         if not force and now - self._last_list < self.config.poll_interval:
             return
         self._last_list = now
-        skip = lambda q: q in self.busy or q in self.buffered  # noqa: E731
+        skip = lambda q: q in self.busy or q in self.buffered
         # A deep queue is listed less often: take a larger slice of it each time
         # (bounded, so memory stays flat however deep the queue is).
         want = max(cap * 4, min(REFILL_MAX, self._last_depth[1] // 2))
@@ -912,4 +912,4 @@ def _detail_text(detail: dict) -> str:
     return f" ({', '.join(parts)})" if parts else ""
 
 
-__all__ = ["Supervisor", "Stop", "Ended"]
+__all__ = ["Ended", "Stop", "Supervisor"]

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable, TextIO
+from collections.abc import Callable
+from typing import TextIO
 
 Scan = Callable[[str, str], "str | None"]
 
@@ -56,7 +57,9 @@ def run_oneshot(scan: Scan, paths: list[str]) -> int:
     return 0
 
 
-def run_persistent(scan: Scan, stdin: TextIO, stdout: TextIO) -> int:
+def run_persistent(scan: Scan, stdin: TextIO, stdout: TextIO, progress: bool = True) -> int:
+    """The persistent protocol; without *progress* only ``ready`` and ``end`` lines
+    are written (a black-box scanner: qsup then bisects)."""
     stdout.write("ready\n")
     stdout.flush()
     while True:
@@ -72,10 +75,12 @@ def run_persistent(scan: Scan, stdin: TextIO, stdout: TextIO) -> int:
             qid, _, path = stdin.readline().rstrip("\n").partition(" ")
             items.append((qid, path))
         for qid, path in items:
-            stdout.write(f"begin {qid}\n")
-            stdout.flush()
+            if progress:
+                stdout.write(f"begin {qid}\n")
+                stdout.flush()
             verdict = scan(path, qid)
-            stdout.write(f"done {qid}{_clean(verdict)}\n")
+            if progress:
+                stdout.write(f"done {qid}{_clean(verdict)}\n")
         stdout.write(f"end {batch_id}\n")
         stdout.flush()
 

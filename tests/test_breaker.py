@@ -4,11 +4,10 @@
 from __future__ import annotations
 
 import re
-import sys
 
 import pytest
-
 from conftest import DEMO, assert_conserved
+
 from quarantine.backoff import probe_delay
 from quarantine.breaker import Breaker
 

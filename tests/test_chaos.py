@@ -14,7 +14,6 @@ import subprocess
 import time
 
 import pytest
-
 from conftest import DEMO, assert_conserved
 
 pytestmark = pytest.mark.timeout(600)

@@ -10,7 +10,6 @@ import subprocess
 import time
 
 import pytest
-
 from conftest import DEMO, assert_conserved
 
 pytestmark = pytest.mark.timeout(120)

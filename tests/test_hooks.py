@@ -8,8 +8,8 @@ import json
 import os
 
 import pytest
-
 from conftest import DEMO, assert_conserved
+
 from quarantine import hookspecs
 
 pytestmark = pytest.mark.timeout(120)

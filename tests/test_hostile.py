@@ -13,7 +13,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from conftest import DEMO, WORKERS, assert_conserved
 
 pytestmark = pytest.mark.timeout(180)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from conftest import DEMO, assert_conserved
 
 pytestmark = pytest.mark.timeout(400)

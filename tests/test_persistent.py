@@ -8,7 +8,6 @@ import sys
 from collections import defaultdict
 
 import pytest
-
 from conftest import DEMO, WORKERS, assert_conserved
 
 pytestmark = pytest.mark.timeout(180)

@@ -10,7 +10,6 @@ import time
 
 import psutil
 import pytest
-
 from conftest import DEMO, WORKERS, assert_conserved
 
 pytestmark = pytest.mark.timeout(180)

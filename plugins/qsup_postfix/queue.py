@@ -36,11 +36,11 @@ from collections.abc import Callable, Iterator
 from qsup_postfix.commands import Postfix, PostfixError
 from qsup_postfix.store import QuarantineStore
 from quarantine.hookspecs import MessageRef, Move
-from quarantine.ids import FINGERPRINT_BYTES, fingerprint, is_queue_id
+from quarantine.ids import fingerprint, is_queue_id
+from quarantine.spool import read_head
 
 log = logging.getLogger("qsup.postfix")
 
-_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _READY = stat.S_IRWXU  # Postfix marks a complete queue file with mode 0700
 _REPORTED_CAP = 100_000
 _HASH_DIR = re.compile(r"[0-9A-Fa-f]")
@@ -209,18 +209,11 @@ class PostfixQueue:
         return sum(1 for qid, _, _ in self._held_files() if qid not in quarantined)
 
     def _identify_path(self, path: str) -> tuple[int, str] | None:
-        try:
-            fd = os.open(path, _OPEN_FLAGS)
-        except OSError:
+        found = read_head(path)
+        if found is None:
             return None
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                return None
-            head = os.read(fd, FINGERPRINT_BYTES)
-        finally:
-            os.close(fd)
-        return content_size(head) or st.st_size, fingerprint(st.st_size, head)
+        size, head = found
+        return content_size(head) or size, fingerprint(size, head)
 
     def identify(self, qid: str) -> tuple[int, str] | None:
         path = self._path(qid)

@@ -563,7 +563,7 @@ def postfix_instance(tmpdir, hold_regexp: str = "/^Received:/", extra_main_cf: s
             try:
                 inst.start(start_timeout)
                 break
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 last_err = e
                 inst.stop()
                 if "Address already in use" not in str(e):
@@ -872,7 +872,7 @@ def spamd_instance(tmpdir, rules: str = "tiny", start_timeout: float = 120.0):
             try:
                 inst.start(start_timeout)
                 break
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 last_err = e
                 inst.stop()
                 if "Address already in use" not in str(e):

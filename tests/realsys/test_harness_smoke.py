@@ -7,12 +7,18 @@ import socket
 import struct
 import time
 
-import pytest
-
 import harness
+import pytest
 from harness import (
-    clamd_instance, clamd_instream, clamd_request, clamscan, postfix_instance,
-    require, spamc_check, spamd_instance, write_clamav_signature,
+    clamd_instance,
+    clamd_instream,
+    clamd_request,
+    clamscan,
+    postfix_instance,
+    require,
+    spamc_check,
+    spamd_instance,
+    write_clamav_signature,
 )
 
 pytestmark = pytest.mark.realsys  # marker declared in pyproject.toml
