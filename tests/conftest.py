@@ -30,6 +30,20 @@ def assert_conserved(spool: Path, ids: list[str]) -> dict[str, set[str]]:
     return where
 
 
+def plugin_dist(tmp: Path, dist: str, entry_points: dict[str, str], modules: dict[str, str]) -> dict:
+    """A distribution on PYTHONPATH whose `qsup` entry points name *modules* (module
+    name -> source). Returns the environment that makes qsup find it."""
+    site = tmp / "site"
+    info = site / f"{dist}-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    lines = "".join(f"{name} = {module}\n" for name, module in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[qsup]\n{lines}")
+    for module, source in modules.items():
+        (site / f"{module}.py").write_text(source)
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
+
+
 class Qsup:
     """Runs the real `qsup` console entry point as a subprocess."""
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 
 import pytest
-from conftest import DEMO, assert_conserved
+from conftest import DEMO, assert_conserved, plugin_dist
 
 from quarantine import hookspecs
 
@@ -26,12 +25,7 @@ def test_every_hook_is_documented(name):
 @pytest.fixture
 def event_plugin(tmp_path):
     """A distribution whose hooks record every event to a file, or raise."""
-    site = tmp_path / "site"
-    info = site / "qsup_events-0.1.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: qsup-events\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[qsup]\nevents = qsup_events\n")
-    (site / "qsup_events.py").write_text(
+    source = (
         "import json, os\n"
         "from quarantine.hookspecs import hookimpl\n\n"
         "def note(kind, **data):\n"
@@ -42,9 +36,9 @@ def event_plugin(tmp_path):
         "@hookimpl\ndef qsup_verdict(qid, verdict, queue):\n    note('verdict', qid=qid, verdict=verdict)\n\n"
         "@hookimpl\ndef qsup_quarantined(record):\n    note('quarantined', qid=record['qid'])\n\n"
         "@hookimpl\ndef qsup_breaker(state, reason):\n    note('breaker', state=state)\n")
+    env = plugin_dist(tmp_path, "qsup_events", {"events": "qsup_events"}, {"qsup_events": source})
     events = tmp_path / "events"
-    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
-    return {"PYTHONPATH": path, "EVENTS": str(events)}, events
+    return {**env, "EVENTS": str(events)}, events
 
 
 @pytest.mark.parametrize("raising", [False, True], ids=["recording", "raising"])

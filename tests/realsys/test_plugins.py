@@ -9,6 +9,7 @@ import sys
 from importlib import metadata
 
 import pytest
+from conftest import plugin_dist
 
 pytestmark = pytest.mark.realsys
 
@@ -18,22 +19,14 @@ DEMO = f"{sys.executable} -m quarantine.demo_scanner"
 @pytest.fixture
 def broken_plugins(tmp_path):
     """A distribution on PYTHONPATH whose qsup entry points are broken in three ways."""
-    site = tmp_path / "site"
-    info = site / "qsup_broken-1.2.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: qsup-broken\nVersion: 1.2\n")
-    (info / "entry_points.txt").write_text(
-        "[qsup]\nexplodes = qsup_explodes\nunknownhook = qsup_unknownhook\n"
-        "badtypes = qsup_badtypes\n")
-    (site / "qsup_explodes.py").write_text(
-        'raise RuntimeError("deliberately broken\\nat import")\n')
-    (site / "qsup_unknownhook.py").write_text(
-        "from quarantine.hookspecs import hookimpl\n\n@hookimpl\ndef qsup_no_such_hook():\n    pass\n")
-    (site / "qsup_badtypes.py").write_text(
-        "from quarantine.hookspecs import hookimpl\n\n@hookimpl\ndef qsup_queue_types():\n"
-        "    raise KeyError('oops')\n")
-    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
-    return {"PYTHONPATH": path}
+    return plugin_dist(
+        tmp_path, "qsup_broken",
+        {"explodes": "qsup_explodes", "unknownhook": "qsup_unknownhook", "badtypes": "qsup_badtypes"},
+        {"qsup_explodes": 'raise RuntimeError("deliberately broken\\nat import")\n',
+         "qsup_unknownhook": "from quarantine.hookspecs import hookimpl\n\n@hookimpl\n"
+                             "def qsup_no_such_hook():\n    pass\n",
+         "qsup_badtypes": "from quarantine.hookspecs import hookimpl\n\n@hookimpl\n"
+                          "def qsup_queue_types():\n    raise KeyError('oops')\n"})
 
 
 def test_the_shipped_plugins_are_listed_with_version_and_hooks(qsup):
