@@ -24,13 +24,3 @@ def probe_delay(attempt: int) -> float:
 
 def respawn_delay(attempt: int) -> float:
     return _delay(RESPAWN_WAIT, attempt)
-
-
-def retry_state_io(stop_flag) -> tenacity.Retrying:
-    """Retrying for transient state I/O (EAGAIN/EINTR-like); stops early on shutdown."""
-    return tenacity.Retrying(
-        wait=tenacity.wait_exponential(multiplier=0.05, max=1),
-        stop=tenacity.stop_after_attempt(5) | tenacity.stop_when_event_set(stop_flag),
-        retry=tenacity.retry_if_exception_type((BlockingIOError, InterruptedError)),
-        reraise=True,
-    )

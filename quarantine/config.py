@@ -11,7 +11,7 @@ import os
 import shlex
 import sys
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from quarantine.errors import ConfigError
@@ -132,11 +132,6 @@ class Config:
         if not argv:
             raise ConfigError("worker: empty command")
         return argv
-
-    def replace(self, **changes: Any) -> Config:
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        values.update(changes)
-        return Config(**values)
 
 
 def check(name: str, value: Any, where: str) -> Any:

@@ -64,7 +64,7 @@ def _display(sup, total: int):
     table.add_row("quarantined", f"[red]{snap['quarantined']}[/]")
     table.add_row("worker crashes", str(snap["crashes"]))
     table.add_row("in flight", f"{sum(len(r.batch.ids) for r in sup.runs.values())} in {len(sup.runs)} batch(es)")
-    table.add_row("suspects", str(sum(len(b.ids) for b, _ in sup.suspects) + len(sup.awaiting)))
+    table.add_row("suspects", str(sum(len(w.batch.ids) for w in sup.suspects) + len(sup.awaiting)))
     state = sup.breaker.state.value
     table.add_row("breaker", state if state == "closed" else f"[red]{state}: {sup.breaker.reason}[/]")
     return table

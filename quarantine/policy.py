@@ -45,10 +45,6 @@ TRANSITIONS: dict[State, frozenset[State]] = {
 }
 
 
-def may_move(src: State, dst: State) -> bool:
-    return dst in TRANSITIONS[src]
-
-
 class Ending(StrEnum):
     """How a worker run ended."""
 

@@ -358,20 +358,9 @@ def kill_stale_workers(owner: str) -> int:
     return killed
 
 
-def rss_of_self() -> int:
-    return psutil.Process().memory_info().rss
-
-
 def peak_rss_of_self() -> int:
     """qsup's own peak RSS in bytes (workers not included)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 __all__ = [
@@ -382,9 +371,7 @@ __all__ = [
     "become_subreaper",
     "kill_stale_workers",
     "peak_rss_of_self",
-    "pid_alive",
     "reap_orphans",
-    "rss_of_self",
     "sample_all",
     "signal_name",
     "spawn",

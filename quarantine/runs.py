@@ -22,7 +22,6 @@ class Run:
     batch: Batch
     proc: WorkerProcess
     started: float  # monotonic
-    started_wall: float
     deadline: float
     fps: dict[str, str]  # queue ID -> fingerprint
     sizes: dict[str, int]

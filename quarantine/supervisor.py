@@ -17,6 +17,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import NamedTuple
 
 from quarantine import canary, moves, ops
 from quarantine.backoff import respawn_delay
@@ -73,6 +74,14 @@ def batch_from_json(data: dict) -> tuple[Batch, dict[str, str]]:
     return batch, dict(data.get("fps", {}))
 
 
+class Waiting(NamedTuple):
+    """A suspect batch waiting for a worker, and its record in the `pending` db."""
+
+    batch: Batch
+    fps: dict[str, str]  # queue ID -> fingerprint
+    pending: str = ""  # its key in `pending` ("" for clean traffic, never recorded)
+
+
 @dataclass
 class Ended:
     """A batch that ended, with what the policy needs to judge it."""
@@ -113,7 +122,7 @@ class Supervisor:
         self.hunts = Hunts()
         self.runs: dict[str, Run] = {}
         self.idle: list[WorkerProcess] = []
-        self.suspects: deque[tuple[Batch, dict[str, str]]] = deque()
+        self.suspects: deque[Waiting] = deque()
         self.buffer: deque[MessageRef] = deque()
         self.buffered: set[str] = set()
         self.busy: dict[str, str] = {}  # queue ID -> fingerprint, in flight or suspect
@@ -245,7 +254,7 @@ class Supervisor:
         free = workers - len(self.runs)
         in_suspect = sum(1 for r in self.runs.values() if r.batch.lane is Lane.SUSPECT)
         allowance = suspect_slots(workers, bool(self.buffer)) - in_suspect
-        batches: list[tuple[Batch, dict[str, str]]] = []
+        batches: list[Waiting] = []
         while free > 0 and allowance > 0 and self.suspects:
             batches.append(self.suspects.popleft())
             free, allowance = free - 1, allowance - 1
@@ -253,7 +262,7 @@ class Supervisor:
             refs = [self.buffer.popleft() for _ in range(min(self.config.batch_size, len(self.buffer)))]
             for ref in refs:
                 self.buffered.discard(ref.qid)
-            batches.append((Batch(ids=tuple(r.qid for r in refs)), {}))
+            batches.append(Waiting(Batch(ids=tuple(r.qid for r in refs)), {}))
             free -= 1
         if batches:
             self._start(batches, now)
@@ -276,29 +285,29 @@ class Supervisor:
     def _new_batch_id(self) -> str:
         return f"{int(self.wall() * 1000):x}-{os.getpid():x}-{next(self._ids):x}"
 
-    def _start(self, batches: list[tuple[Batch, dict[str, str]]], now: float) -> None:
+    def _start(self, batches: list[Waiting], now: float) -> None:
         ready = []
-        for batch, known in batches:
-            batch, fps, sizes = self._identify(batch, known)
+        for waiting in batches:
+            batch, fps, sizes = self._identify(waiting.batch, waiting.fps)
             if batch.ids:
-                ready.append((self._new_batch_id(), batch, fps, sizes, known))
+                ready.append((self._new_batch_id(), batch, fps, sizes, waiting.pending))
         if not ready:
             return
         wall = self.wall()
         # The in-flight record is on disk before any worker starts (LMDB commits sync).
         with self.store.write() as w:
-            for batch_id, batch, fps, sizes, known in ready:
+            for batch_id, batch, fps, sizes, pending in ready:
                 for qid in batch.ids:
                     w.put("inflight", qid, batch_id)
                     self.busy[qid] = fps[qid]
                 record = batch_to_json(batch, fps)
                 record.update(started=wall, qsup=os.getpid())
                 w.put("batches", batch_id, record)
-                if known.get("__pending__"):
-                    w.delete("pending", known["__pending__"])
+                if pending:
+                    w.delete("pending", pending)
         # Worker pids are not recorded: a restart finds stale workers by QSUP_OWNER.
         for batch_id, batch, fps, sizes, _ in ready:
-            self._launch(batch_id, batch, fps, sizes, now, wall)
+            self._launch(batch_id, batch, fps, sizes, now)
 
     def _worker_env(self, batch_id: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -345,7 +354,7 @@ class Supervisor:
             self.fdmap[fd] = proc
         return proc
 
-    def _launch(self, batch_id, batch, fps, sizes, now, wall, is_canary=False) -> Run | None:
+    def _launch(self, batch_id, batch, fps, sizes, now, is_canary=False) -> Run | None:
         paths = [self.queue.scan_path(q) for q in batch.ids] if not is_canary else [self.canary_path]
         try:
             proc = self._proc_for(batch_id, paths, now, fresh=is_canary)
@@ -354,7 +363,7 @@ class Supervisor:
             return None
         proc.peak_rss, proc.killed_by_us = 0, None
         deadline = now + self.config.startup_allowance + self.config.timeout * len(batch.ids)
-        run = Run(batch_id=batch_id, batch=batch, proc=proc, started=now, started_wall=wall,
+        run = Run(batch_id=batch_id, batch=batch, proc=proc, started=now,
                   deadline=deadline, fps=fps, sizes=sizes, timeout=self.config.timeout,
                   canary=is_canary,
                   max_rss=self.config.max_rss_mb * 2**20 if self.config.max_rss_mb else None)
@@ -554,9 +563,7 @@ class Supervisor:
                 if qid in fps:
                     self._note(w, qid, fps[qid], "unexplained", 1)
         for retry in decision.retry:
-            pid = f"{e.batch_id}.{next(self._ids):x}"
-            w.put("pending", pid, batch_to_json(retry, fps))
-            self.suspects.append((retry, {**{q: fps[q] for q in retry.ids}, "__pending__": pid}))
+            self._hold(w, retry, fps, f"{e.batch_id}.{next(self._ids):x}")
         for qid in decision.quarantine:
             key = message_key(qid, fps[qid])
             pid = f"{e.batch_id}.q{next(self._ids):x}"
@@ -622,7 +629,7 @@ class Supervisor:
             return
         fps = {canary.CANARY_ID: "canary"}
         batch = Batch(ids=(canary.CANARY_ID,), lane=Lane.SUSPECT)
-        self._launch(f"canary-{self._new_batch_id()}", batch, fps, {}, now, self.wall(), is_canary=True)
+        self._launch(f"canary-{self._new_batch_id()}", batch, fps, {}, now, is_canary=True)
         self.stats["canary_runs"] += 1
 
     def _canary_done(self, run: Run, ending: Ending, detail: dict, now: float) -> None:
@@ -664,9 +671,7 @@ class Supervisor:
                     w.put("history", key, hist)
                 w.delete("pending", cand["pending"])
                 batch = Batch(ids=(cand["qid"],), lane=Lane.SUSPECT, path=tuple(cand["path"]))
-                pid = f"forgiven.{next(self._ids):x}"
-                w.put("pending", pid, batch_to_json(batch, {cand["qid"]: cand["fp"]}))
-                self.suspects.append((batch, {cand["qid"]: cand["fp"], "__pending__": pid}))
+                self._hold(w, batch, {cand["qid"]: cand["fp"]}, f"forgiven.{next(self._ids):x}")
         self.stats["forgiven"] += len(self.awaiting)
         self.awaiting.clear()
 
@@ -771,7 +776,7 @@ class Supervisor:
                     "qid": qid, "fp": fps[qid], "crashed_at": now, "pending": pid,
                     "path": list(batch.path), "size": (self.queue.identify(qid) or (0, ""))[0]}
                 continue
-            self.suspects.append((batch, {**fps, "__pending__": pid}))
+            self.suspects.append(Waiting(batch, fps, pid))
         report.update(batches=len(batches), messages=lost_ids, suspects=len(self.suspects))
         if batches or report["intents"]:
             report["why"] = (f"the previous qsup (pid {previous.get('pid', '?')}) died with "
@@ -783,12 +788,15 @@ class Supervisor:
         return report
 
     def _queue_pending(self, batch: Batch, fps: dict[str, str]) -> None:
-        pid = f"recovered.{self._new_batch_id()}"
         with self.store.write() as w:
-            w.put("pending", pid, batch_to_json(batch, fps))
-        for qid in batch.ids:
-            self.busy[qid] = fps[qid]
-        self.suspects.append((batch, {**{q: fps[q] for q in batch.ids}, "__pending__": pid}))
+            self._hold(w, batch, fps, f"recovered.{self._new_batch_id()}")
+
+    def _hold(self, w, batch: Batch, fps: dict[str, str], pid: str) -> None:
+        """Record a suspect batch in `pending` (it survives a restart) and queue it."""
+        mine = {q: fps[q] for q in batch.ids}
+        w.put("pending", pid, batch_to_json(batch, mine))
+        self.busy.update(mine)
+        self.suspects.append(Waiting(batch, mine, pid))
 
     # ------------------------------------------------------------------ status
     def snapshot(self, now: float, force: bool = False) -> dict:
@@ -803,7 +811,7 @@ class Supervisor:
             "workers": [{"pid": r.proc.pid, "batch": r.batch_id, "lane": r.batch.lane.value,
                          "size": len(r.batch.ids), "age": round(now - r.started, 1)}
                         for r in self.runs.values()],
-            "canary": bool(self.canary_run), "suspects": sum(len(b.ids) for b, _ in self.suspects),
+            "canary": bool(self.canary_run), "suspects": sum(len(w.batch.ids) for w in self.suspects),
             "awaiting_canary": len(self.awaiting), "queue_depth": self._last_depth[1],
             "breaker": dict(self.breaker.snapshot(), since_wall=(
                 self.wall() - (now - self.breaker.since) if self.breaker.is_open else None)),
