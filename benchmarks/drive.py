@@ -112,7 +112,7 @@ def drive_qsup(spec: dict) -> dict:
             last[0] = now
             lanes = [r.batch.lane.value for r in s.runs.values()]
             timeline.append([round(now, 2), len(lanes), lanes.count("suspect"), len(s.idle), len(s.buffer),
-                             sum(len(b.ids) for b, _ in s.suspects), len(s.awaiting),
+                             sum(len(w.batch.ids) for w in s.suspects), len(s.awaiting),
                              int(s.canary_run is not None), int(s.breaker.is_open), s.stats["delivered"],
                              s.stats["crashes"]])
         if not stopped and now > limit:
@@ -139,8 +139,9 @@ def drive_qsup(spec: dict) -> dict:
         summary = sup.summary()
         delivered, quarantined = {}, {}
         with store.read() as r:
-            for key, rec in r.items("done"):
-                delivered[key.rsplit(":", 1)[0]] = rec["t"]
+            for _, rec in r.items("done"):  # one record per group of deliveries
+                for qid in rec["names"]:
+                    delivered[qid] = rec["t"]
             for key, rec in r.items("quarantine"):
                 quarantined[key.rsplit(":", 1)[0]] = rec.get("when")
     finally:

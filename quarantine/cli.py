@@ -373,7 +373,7 @@ def status(ctx: Ctx, as_json: bool):
             snap = r.get("meta", "status") or {}
             recovery = r.get("meta", "recovery")
             quarantined = r.count("quarantine")
-            inflight = r.count("inflight")
+            inflight = sum(len(b.get("ids", ())) for _, b in r.items("batches"))
     finally:
         store.close()
     holder = Store.holder(ctx.state)

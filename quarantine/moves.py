@@ -1,9 +1,12 @@
 """Write-ahead moves and the records around them.
 
-Every move of a message is written to the ``intents`` database before the queue
-makes it and cleared after, so a qsup killed at any instant finishes the move on
-its next start (:func:`finish_pending`). ``Queue.apply`` is idempotent, which is
-what makes replaying an intent safe.
+Moves are made in groups (the deliveries of one supervisor pass, one quarantine,
+one release). A group is written to the ``intents`` database under one key before
+the queue makes any of its moves, and cleared, with the records that follow the
+moves, after. A qsup killed at any instant finishes the group on its next start
+(:func:`finish_pending`). ``Queue.apply`` is idempotent, which is what makes
+replaying an intent safe; it is also why the clearing may wait for the next
+durable commit (the supervisor groups it with its next pass).
 """
 
 from __future__ import annotations
@@ -15,70 +18,72 @@ from quarantine.ids import message_key
 from quarantine.store import Store, Txn
 
 log = logging.getLogger("qsup")
+_FIELDS = ("qid", "fp", "dest", "name", "origin", "source")
 
 
-def intent_key(move: Move) -> str:
-    return f"{move.origin}/{move.source or move.qid}"
+def record(w: Txn, key: str, moves: list[Move], extra: dict | None = None) -> None:
+    """The intent: every move of the group, before any is made."""
+    w.put("intents", key, {"moves": [[getattr(m, f) for f in _FIELDS] for m in moves], **(extra or {})})
 
 
-def record_intents(w: Txn, moves: list[Move], extra: dict | None = None) -> None:
-    for move in moves:
-        # vars(), not dataclasses.asdict(): the fields are plain strings, and asdict's
-        # deep copies were a tenth of the supervisor's time per message
-        w.put("intents", intent_key(move), {"move": dict(vars(move)), **(extra or {})})
+def make(queue: Queue, moves: list[Move]) -> list[str]:
+    """Make the moves (their intent is on disk); the queue's result for each."""
+    return [queue.apply(m) for m in moves]
 
 
-def complete(w: Txn, move: Move, result: str, now: float, extra: dict | None) -> None:
-    """Records that follow a finished move (in the same transaction that clears it)."""
-    w.delete("intents", intent_key(move))
-    key = message_key(move.qid, move.fp)
-    if result == "gone":
-        log.warning("%s vanished from the queue before qsup could move it to %s", move.qid, move.dest)
-        return
-    if move.dest == "outgoing":
-        w.put("done", key, {"t": now, "name": move.name})
-        if move.origin == "quarantine":  # release --no-scan: no longer in the quarantine
-            w.delete("quarantine", key)
-    elif move.dest == "quarantine":
-        record = dict((extra or {}).get("record") or w.get("quarantine", key) or {})
-        record.update(name=move.name, state="quarantined")
-        w.put("quarantine", key, record)
-    elif move.dest == "incoming":
-        w.delete("quarantine", key)
-        hist = w.get("history", key)
-        if hist:
-            hist.update(strikes=0, released=now)
-            w.put("history", key, hist)
+def complete(w: Txn, key: str, moves: list[Move], results: list[str], now: float,
+             extra: dict | None = None) -> None:
+    """Clear the group's intent and write what follows its moves, in one transaction."""
+    w.delete("intents", key)
+    delivered = {}
+    for move, result in zip(moves, results):
+        mkey = message_key(move.qid, move.fp)
+        if result == "gone":
+            log.warning("%s vanished from the queue before qsup could move it to %s", move.qid, move.dest)
+            continue
+        if move.dest == "outgoing":
+            delivered[move.qid] = move.name
+            if move.origin == "quarantine":  # release --no-scan: no longer in the quarantine
+                w.delete("quarantine", mkey)
+        elif move.dest == "quarantine":
+            rec = dict((extra or {}).get("record") or w.get("quarantine", mkey) or {})
+            rec.update(name=move.name, state="quarantined")
+            w.put("quarantine", mkey, rec)
+        elif move.dest == "incoming":
+            w.delete("quarantine", mkey)
+            hist = w.get("history", mkey)
+            if hist:
+                hist.update(strikes=0, released=now)
+                w.put("history", mkey, hist)
+    if delivered:
+        # one completion record per group: when, and under which name each went on
+        w.put("done", key, {"t": now, "names": delivered})
 
 
-def apply_all(store: Store, queue: Queue, moves: list[Move], now: float, extra: dict | None = None) -> dict[str, str]:
-    """Make the moves (intents already recorded) and clear their intents."""
-    results = {}
-    for move in moves:
-        results[intent_key(move)] = queue.apply(move)
+def move(store: Store, queue: Queue, key: str, moves: list[Move], now: float,
+         extra: dict | None = None) -> list[str]:
+    """Record, make and complete one group of moves: the whole protocol, at once."""
+    if not moves:
+        return []
     with store.write() as w:
-        for move in moves:
-            complete(w, move, results[intent_key(move)], now, extra)
+        record(w, key, moves, extra)
+    results = make(queue, moves)
+    with store.write() as w:
+        complete(w, key, moves, results, now, extra)
     return results
 
 
-def move(store: Store, queue: Queue, moves: list[Move], now: float, extra: dict | None = None) -> dict[str, str]:
-    """Record, make and complete moves: the whole write-ahead protocol."""
-    if not moves:
-        return {}
-    with store.write() as w:
-        record_intents(w, moves, extra)
-    return apply_all(store, queue, moves, now, extra)
-
-
 def finish_pending(store: Store, queue: Queue, now: float) -> int:
-    """On start: finish every move a dead qsup left half-done. Returns how many."""
+    """On start: finish every group a dead qsup left half-done. Returns how many moves."""
     with store.read() as r:
         pending = list(r.items("intents"))
-    for _, entry in pending:
-        mv = Move(**entry["move"])
-        result = queue.apply(mv)
+    count = 0
+    for key, entry in pending:
+        group = [Move(*fields) for fields in entry["moves"]]
+        results = make(queue, group)
         with store.write() as w:
-            complete(w, mv, result, now, entry)
-        log.info("finished an interrupted move of %s to %s (%s)", mv.qid, mv.dest, result)
-    return len(pending)
+            complete(w, key, group, results, now, entry)
+        count += len(group)
+        log.info("finished %d interrupted move(s) (%s)", len(group),
+                 ", ".join(f"{m.qid} to {m.dest}: {r}" for m, r in zip(group[:5], results)))
+    return count

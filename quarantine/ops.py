@@ -70,7 +70,7 @@ def release(store: Store, queue: Queue, ids: list[str], everything: bool, no_sca
     for rec in _select(store, ids, everything):
         dest = "outgoing" if no_scan else "incoming"
         mv = queue.plan(rec["qid"], rec["fp"], dest, origin="quarantine", source=rec.get("name", rec["qid"]))
-        result = moves.move(store, queue, [mv], time.time())[moves.intent_key(mv)]
+        result = moves.move(store, queue, f"release/{rec['key']}", [mv], time.time())[0]
         if result == "gone":
             lines.append(f"{rec['qid']}: the quarantined file is missing; record removed")
             with store.write() as w:

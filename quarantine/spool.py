@@ -25,6 +25,7 @@ from quarantine.ids import FINGERPRINT_BYTES, fingerprint, is_queue_id
 SUBDIRS = ("tmp", "incoming", "outgoing", "quarantine")
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _REPORTED_CAP = 100_000  # how many odd names are remembered so each is reported once
+_SEEN_CAP = 200_000
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _renameat2 = getattr(_libc, "renameat2", None)
@@ -50,6 +51,11 @@ def rename_noreplace(src: str, dst: str) -> None:
 def read_head(path: str, limit: int = FINGERPRINT_BYTES) -> tuple[int, bytes] | None:
     """Size and first *limit* bytes of a regular file, never following a symlink and
     never blocking on a FIFO; None if it is gone or not a regular file."""
+    found = _stat_head(path, limit)
+    return None if found is None else (found[0].st_size, found[1])
+
+
+def _stat_head(path: str, limit: int) -> tuple[os.stat_result, bytes] | None:
     try:
         fd = os.open(path, _OPEN_FLAGS)
     except OSError:
@@ -58,9 +64,14 @@ def read_head(path: str, limit: int = FINGERPRINT_BYTES) -> tuple[int, bytes] | 
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return None
-        return st.st_size, os.read(fd, limit)
+        return st, os.read(fd, limit)
     finally:
         os.close(fd)
+
+
+def _stamp(st: os.stat_result) -> tuple:
+    """What changes when a file is rewritten or another one is renamed over its name."""
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def describe_name(name: str) -> str:
@@ -79,6 +90,9 @@ class SpoolQueue:
         os.chmod(self.dir("quarantine"), 0o700)
         self._reported: set[str] = set()
         self._new_reports: list[str] = []
+        # queue ID -> (stamp, fingerprint) from identify(): apply() checks that the file
+        # it moves is still the one fingerprinted with one lstat instead of a re-read
+        self._seen: dict[str, tuple[tuple, str]] = {}
 
     def dir(self, sub: str) -> str:
         return self._dirs.get(sub) or os.path.join(self.root, sub)
@@ -99,6 +113,8 @@ class SpoolQueue:
                 if not is_queue_id(name):
                     self._report(name, "not a queue ID")
                     continue
+                if skip(name):  # already held: no stat needed
+                    continue
                 try:
                     st = entry.stat(follow_symlinks=False)
                 except FileNotFoundError:
@@ -109,8 +125,6 @@ class SpoolQueue:
                     continue
                 if st.st_size == 0:
                     self._report(name, "is empty (passed to the scanner as it is)")
-                if skip(name):
-                    continue
                 yield (st.st_mtime, name, st.st_size)
 
     def pending(self, limit: int, skip: Callable[[str], bool]) -> list[MessageRef]:
@@ -130,13 +144,22 @@ class SpoolQueue:
         return size, fingerprint(size, head)
 
     def identify(self, qid: str) -> tuple[int, str] | None:
-        return self._identify_path(self.path("incoming", qid))
+        found = _stat_head(self.path("incoming", qid), FINGERPRINT_BYTES)
+        if found is None:
+            self._seen.pop(qid, None)
+            return None
+        st, head = found
+        fp = fingerprint(st.st_size, head)
+        if len(self._seen) >= _SEEN_CAP:
+            self._seen.clear()  # only a shortcut: apply() falls back to reading
+        self._seen[qid] = (_stamp(st), fp)
+        return st.st_size, fp
 
     def scan_path(self, qid: str) -> str:
         return self.path("incoming", qid)
 
     def scan_done(self, qid: str) -> None:
-        pass
+        self._seen.pop(qid, None)
 
     def plan(self, qid: str, fp: str, dest: str, origin: str = "incoming", source: str = "") -> Move:
         name = qid
@@ -150,10 +173,22 @@ class SpoolQueue:
     def _src(self, move: Move) -> str:
         return self.path(move.origin, move.source or move.qid)
 
+    def _unchanged(self, move: Move, src: str) -> bool:
+        """The file at *src* is the one identify() fingerprinted as move.fp."""
+        seen = self._seen.pop(move.qid, None) if move.origin == "incoming" and not move.source else None
+        if seen is not None and seen[1] == move.fp:
+            try:
+                st = os.lstat(src)
+            except OSError:
+                return False
+            if stat.S_ISREG(st.st_mode) and _stamp(st) == seen[0]:
+                return True
+        ident = self._identify_path(src)
+        return ident is not None and ident[1] == move.fp
+
     def apply(self, move: Move) -> str:
         src, dst = self._src(move), self.path(move.dest, move.name)
-        ident = self._identify_path(src)
-        if ident is not None and ident[1] == move.fp:
+        if self._unchanged(move, src):
             rename_noreplace(src, dst)
             if move.dest == "quarantine":
                 os.chmod(dst, 0o600, follow_symlinks=False)

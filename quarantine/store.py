@@ -3,13 +3,13 @@
 Named databases, values are compact JSON:
 
   meta        schema, breaker, recovery report, counters
-  inflight    queue ID -> batch ID            (written durably before a worker starts)
-  batches     batch ID -> the batch and its worker (pid, start, attempt, lane, path)
+  batches     batch ID -> a batch in flight: its IDs, their fingerprints, when it
+              started, lane and path (written durably before its worker starts)
   pending     batch ID -> a suspect batch waiting for a worker (survives restarts)
   history     message key -> strikes and the last attempts (bounded)
   quarantine  message key -> the quarantine record
-  done        message key -> completion record (where it went, when)
-  intents     queue ID -> a move about to happen (write-ahead, see moves.py)
+  done        group key -> completion record of a group of deliveries (when, names)
+  intents     group key -> moves about to happen (write-ahead, see moves.py)
 
 A message key is ``ID:fingerprint`` so a reused queue ID starts with a clean record.
 Only the supervisor holding ``lock`` writes; other commands read, or ask it.
@@ -30,7 +30,7 @@ import lmdb
 from quarantine.errors import StateError, StateFull, StateLocked
 
 SCHEMA = 1
-DBS = ("meta", "inflight", "batches", "pending", "history", "quarantine", "done", "intents")
+DBS = ("meta", "batches", "pending", "history", "quarantine", "done", "intents")
 DEFAULT_MAP_MB = 1024
 
 

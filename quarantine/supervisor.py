@@ -153,6 +153,7 @@ class Supervisor:
         self._streak_started = -math.inf
         self._said_breaker = False
         self._rates: deque = deque()  # (time, delivered) for throughput
+        self._completing: list[tuple] = []  # moves made, their records not yet committed
         self.started = clock()
         self.on_tick: Callable[[Supervisor], None] | None = None
         self._hook_log = RateCap(log, per_window=5, window=60.0, clock=clock)
@@ -174,18 +175,22 @@ class Supervisor:
             while True:
                 now = self.clock()
                 self._stop_tick(now)
-                self._collect(now)
-                if self.stop and not self.runs and self.canary_run is None:
-                    break
+                ended = self._collect(now)
+                if self.stop:
+                    self._settle(ended, now)
+                    if not self.runs and self.canary_run is None:
+                        break
                 if self._reload_wanted:
                     self._do_reload()
                 if not self.stop:
-                    self._canary_tick(now)
                     self._refill(now, force=not follow and not self.buffer)
-                    self._dispatch(now)
+                    self._settle(ended, now, dispatch=True)
+                    self._canary_tick(now)
                     self._keep_spares(now)
                     if not follow and self._drained():
-                        break
+                        self._refill(now, force=True)  # anything the last moves left behind
+                        if self._drained():
+                            break
                     if not follow and self._gave_up(now):
                         code = EXIT_BREAKER
                         break
@@ -247,9 +252,11 @@ class Supervisor:
             self.stats["odd_entries"] += 1
 
     # ---------------------------------------------------------------- dispatch
-    def _dispatch(self, now: float) -> None:
+    def _dispatch(self, w, now: float) -> list:
+        """Take batches for the free workers and record them in flight (in *w*); the
+        caller launches them once *w* is committed."""
         if self.breaker.is_open:
-            return
+            return []
         workers = self.config.workers
         free = workers - len(self.runs)
         in_suspect = sum(1 for r in self.runs.values() if r.batch.lane is Lane.SUSPECT)
@@ -264,8 +271,7 @@ class Supervisor:
                 self.buffered.discard(ref.qid)
             batches.append(Waiting(Batch(ids=tuple(r.qid for r in refs)), {}))
             free -= 1
-        if batches:
-            self._start(batches, now)
+        return self._record_start(w, batches) if batches else []
 
     def _identify(self, batch: Batch, known: dict[str, str]) -> tuple[Batch, dict, dict]:
         """Fingerprint the batch's messages; drop the ones gone or replaced."""
@@ -285,29 +291,25 @@ class Supervisor:
     def _new_batch_id(self) -> str:
         return f"{int(self.wall() * 1000):x}-{os.getpid():x}-{next(self._ids):x}"
 
-    def _start(self, batches: list[Waiting], now: float) -> None:
+    def _record_start(self, w, batches: list[Waiting]) -> list[tuple]:
+        """The in-flight record of each batch (its IDs, their fingerprints, when):
+        written in *w*, which is committed, durably, before any of them starts.
+        Worker pids are not recorded: a restart finds stale workers by QSUP_OWNER."""
         ready = []
+        wall = self.wall()
         for waiting in batches:
             batch, fps, sizes = self._identify(waiting.batch, waiting.fps)
-            if batch.ids:
-                ready.append((self._new_batch_id(), batch, fps, sizes, waiting.pending))
-        if not ready:
-            return
-        wall = self.wall()
-        # The in-flight record is on disk before any worker starts (LMDB commits sync).
-        with self.store.write() as w:
-            for batch_id, batch, fps, sizes, pending in ready:
-                for qid in batch.ids:
-                    w.put("inflight", qid, batch_id)
-                    self.busy[qid] = fps[qid]
-                record = batch_to_json(batch, fps)
-                record.update(started=wall, qsup=os.getpid())
-                w.put("batches", batch_id, record)
-                if pending:
-                    w.delete("pending", pending)
-        # Worker pids are not recorded: a restart finds stale workers by QSUP_OWNER.
-        for batch_id, batch, fps, sizes, _ in ready:
-            self._launch(batch_id, batch, fps, sizes, now)
+            if waiting.pending:
+                w.delete("pending", waiting.pending)
+            if not batch.ids:
+                continue
+            batch_id = self._new_batch_id()
+            self.busy.update(fps)
+            record = batch_to_json(batch, fps)
+            record.update(started=wall, qsup=os.getpid())
+            w.put("batches", batch_id, record)
+            ready.append((batch_id, batch, fps, sizes))
+        return ready
 
     def _worker_env(self, batch_id: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -462,7 +464,7 @@ class Supervisor:
         return proc.close()
 
     # ----------------------------------------------------------------- collect
-    def _collect(self, now: float) -> None:
+    def _collect(self, now: float) -> list[Ended]:
         ended: list[Ended] = []
         for run in self.all_runs():
             if run.proc.exit is None and not run.ended_batch:
@@ -485,7 +487,7 @@ class Supervisor:
                                duration=now - run.started, stderr=run.proc.stderr_tail,
                                verdicts=run.verdicts))
             run.proc.stderr_tail = b""
-        self._settle(ended, now)
+        return ended
 
     def _recycle_or_keep(self, proc: WorkerProcess) -> None:
         limit = self.config.recycle_rss_mb
@@ -496,37 +498,53 @@ class Supervisor:
         else:
             self.idle.append(proc)
 
-    def _settle(self, ended: list[Ended], now: float) -> None:
-        """Act on the policy's decisions for every batch that ended in this pass:
-        one transaction records them all (intents included), then the moves are
-        made, then one transaction completes them."""
-        if not ended:
+    def _settle(self, ended: list[Ended], now: float, dispatch: bool = False) -> None:
+        """One durable commit per pass of the loop. It holds: what completes the
+        previous pass's moves; the policy's decisions for every batch that ended,
+        with the intents of the deliveries they plan; and, with *dispatch*, the
+        in-flight records of the batches about to start. Then the moves are made
+        (their completion waits for the next commit: replaying a finished move is
+        harmless) and the workers started."""
+        finished, self._completing = self._completing, []
+        if not (ended or finished or (dispatch and (self.suspects or self.buffer))):
             return
-        with self.store.read() as r:
-            decisions = [self._decide(r, e) for e in ended]
-        wall = self.wall()
-        delivers = []
+        delivers, ready, key = [], [], ""
         with self.store.write() as w:
+            for done_key, group, results, t in finished:
+                moves.complete(w, done_key, group, results, t)
+            decisions = [self._decide(w, e) for e in ended]
             for e, decision in zip(ended, decisions):
                 delivers += self._record(w, e, decision, now)
+                for qid in decision.requeue:
+                    self.busy.pop(qid, None)
+                self.breaker.delivered(len(decision.deliver), now)
+                self._judge_environment(e, decision, now)  # a storm stops this pass's dispatch
+            if delivers:
+                key = f"deliver/{self._new_batch_id()}"
+                moves.record(w, key, delivers)
+            if dispatch:
+                ready = self._dispatch(w, now)
         for e, decision in zip(ended, decisions):
-            for qid in decision.deliver + decision.requeue:
-                self.busy.pop(qid, None)
             for qid in decision.deliver:
                 if qid in e.verdicts:
                     self._fire("qsup_verdict", qid=qid, verdict=e.verdicts[qid], queue=self.queue)
-        moves.apply_all(self.store, self.queue, delivers, wall)
+        if delivers:
+            wall = self.wall()
+            self._completing.append((key, delivers, moves.make(self.queue, delivers), wall))
         for e, decision in zip(ended, decisions):
             for qid in decision.deliver:
+                self.busy.pop(qid, None)
                 self.queue.scan_done(qid)
             self.stats["delivered"] += len(decision.deliver)
             self._rates.append((now, len(decision.deliver)))
-            self.breaker.delivered(len(decision.deliver), now)
-            self._judge_environment(e, decision, now)
+        for batch_id, batch, fps, sizes in ready:
+            self._launch(batch_id, batch, fps, sizes, now)
 
     def _decide(self, r, e: Ended) -> Decision:
-        strikes = {q: (r.get("history", message_key(q, e.fps[q])) or {}).get("strikes", 0)
-                   for q in e.batch.ids if q in e.fps}
+        strikes = {}
+        if e.outcome.ending in CRASHES:  # strikes matter only to a crash
+            strikes = {q: (r.get("history", message_key(q, e.fps[q])) or {}).get("strikes", 0)
+                       for q in e.batch.ids if q in e.fps}
         return decide(e.batch, e.outcome, strikes, self.config.strikes, hunt=e.batch_id)
 
     def _record(self, w, e: Ended, decision: Decision, now: float) -> list:
@@ -548,8 +566,6 @@ class Supervisor:
             unexplained = self.hunts.finish(batch, crashed)
             self.hunts.start(e.batch_id, decision, batch.ids)
         w.delete("batches", e.batch_id)
-        for qid in batch.ids:
-            w.delete("inflight", qid)
         if crashed:
             attempt = {"batch": e.batch_id, "size": len(batch.ids), "ending": outcome.ending.value,
                        "duration": round(e.duration, 3), "when": self.wall(), "path": list(batch.path),
@@ -572,9 +588,7 @@ class Supervisor:
             w.put("pending", pid, data)
             self.awaiting[key] = {"qid": qid, "fp": fps[qid], "crashed_at": now, "pending": pid,
                                   "path": list(batch.path), "size": e.sizes.get(qid, 0)}
-        delivers = [self.queue.plan(q, fps[q], "outgoing") for q in decision.deliver]
-        moves.record_intents(w, delivers)
-        return delivers
+        return [self.queue.plan(q, fps[q], "outgoing") for q in decision.deliver]
 
     def _judge_environment(self, e: Ended, decision: Decision, now: float) -> None:
         """Spawn failures and storms open the breaker."""
@@ -695,17 +709,19 @@ class Supervisor:
                   "strikes": hist.get("strikes", 0), "size": cand.get("size", 0), "sender": sender,
                   "subject": subject, "headers": headers, "path": cand.get("path", []),
                   "queue": self.queue.name, "state": "moving"}
-        mv = self.queue.plan(qid, fp, "quarantine")
+        mv, ikey, extra = self.queue.plan(qid, fp, "quarantine"), f"quarantine/{key}", {"record": record}
         with self.store.write() as w:
             w.put("quarantine", key, record)
             w.delete("pending", cand["pending"])
-            moves.record_intents(w, [mv], {"record": record})
-        result = moves.apply_all(self.store, self.queue, [mv], self.wall(), {"record": record})
+            moves.record(w, ikey, [mv], extra)
+        results = moves.make(self.queue, [mv])
+        with self.store.write() as w:
+            moves.complete(w, ikey, [mv], results, self.wall(), extra)
+            if results[0] == "gone":
+                w.delete("quarantine", key)
         self.busy.pop(qid, None)
         self.queue.scan_done(qid)
-        if result.get(moves.intent_key(mv)) == "gone":
-            with self.store.write() as w:
-                w.delete("quarantine", key)
+        if results[0] == "gone":
             return
         self.stats["quarantined"] += 1
         log.warning("quarantined %s (%s%s) after %d strike(s): from %s, subject %s", qid, record["why"],
@@ -763,9 +779,6 @@ class Supervisor:
                     self._queue_pending(retry, fps)
             with self.store.write() as w:
                 w.delete("batches", batch_id)
-                for qid in batch.ids:
-                    if w.get("inflight", qid) == batch_id:
-                        w.delete("inflight", qid)
         for pid, data in pending:
             batch, fps = batch_from_json(data)
             for qid, fp in fps.items():
@@ -888,7 +901,8 @@ class Supervisor:
                 self._retire(proc)
             self.sel.close()
             return
-        self._collect(now)
+        self._settle(self._collect(now), now)
+        self._settle([], now)  # completes the last moves
         for proc in self.idle:
             proc.terminate()
         for proc in self.idle:

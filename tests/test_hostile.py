@@ -136,10 +136,16 @@ def test_daemonised_grandchild_of_a_successful_worker_is_killed(qsup, make_spool
 
 
 def test_full_state_map_stops_safely_with_exit_4(qsup, make_spool):
-    ids = make_spool(12000, {})
+    # Long queue IDs (a 128-character ID is valid) make the completion records fill
+    # a 1 MB map part-way through the drain.
+    short = make_spool(8000, {})
+    ids = [f"{qid}{'x' * 120}" for qid in short]
+    for old, new in zip(short, ids):
+        os.rename(qsup.spool / "incoming" / old, qsup.spool / "incoming" / new)
     proc = qsup.drain("--worker", DEMO, "--map-size-mb", "1", "--workers", "4", timeout=240)
     assert proc.returncode == 4 and "full" in proc.stderr and "Traceback" not in proc.stderr
     assert_conserved(qsup.spool, ids)
+    assert 0 < len(os.listdir(qsup.spool / "outgoing")) < len(ids)  # it filled part-way
     again = qsup.drain("--worker", DEMO, "--map-size-mb", "64", "--workers", "4", timeout=240)
     assert again.returncode == 0, again.stderr[-2000:]
     assert set(os.listdir(qsup.spool / "outgoing")) == set(ids)
