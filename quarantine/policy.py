@@ -20,7 +20,6 @@ A message's life, on one screen::
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -100,17 +99,25 @@ class Decision:
     systemic: bool = False  # the environment failed: open the breaker
 
 
-def halves(ids: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    mid = math.ceil(len(ids) / 2)
-    return ids[:mid], ids[mid:]
+def chunks(ids: tuple[str, ...], parts: int) -> list[tuple[str, ...]]:
+    """*ids* in *parts* runs of near-equal length, in order (larger ones first)."""
+    parts = max(1, min(parts, len(ids)))
+    size, extra = divmod(len(ids), parts)
+    out, at = [], 0
+    for i in range(parts):
+        n = size + (i < extra)
+        out.append(ids[at:at + n])
+        at += n
+    return out
 
 
-def bisect(batch: Batch, ids: tuple[str, ...], hunt: str) -> tuple[Batch, ...]:
-    """Split the crashed IDs into two suspect batches (one if a single ID is left)."""
+def bisect(batch: Batch, ids: tuple[str, ...], hunt: str, parts: int = 2) -> tuple[Batch, ...]:
+    """Split the crashed IDs into *parts* suspect batches (two by default: halves;
+    as many as there are IDs: every one alone)."""
     path = batch.path or (str(len(batch.ids)),)
-    parts = [p for p in halves(ids) if p] if len(ids) > 1 else [ids]
     return tuple(
-        Batch(ids=p, lane=Lane.SUSPECT, path=path + (str(len(p)),), hunt=hunt) for p in parts
+        Batch(ids=p, lane=Lane.SUSPECT, path=path + (str(len(p)),), hunt=hunt)
+        for p in chunks(ids, max(2, parts))
     )
 
 
@@ -135,13 +142,17 @@ def merge(*parts: Decision) -> Decision:
 
 
 def decide(
-    batch: Batch, outcome: Outcome, strikes: Mapping[str, int], k: int, hunt: str
+    batch: Batch, outcome: Outcome, strikes: Mapping[str, int], k: int, hunt: str,
+    split: int = 2,
 ) -> Decision:
     """What to do with every ID of *batch* after it ended with *outcome*.
 
     *strikes* are the strikes each ID already has; *k* is how many make a quarantine;
-    *hunt* names this batch if it has to be split. Every ID of the batch appears in
-    exactly one of deliver, requeue, retry or quarantine.
+    *hunt* names this batch if it has to be split, and *split* into how many parts
+    (2: bisection, at most ⌈log₂ n⌉ + k crashes per poison message; n: every
+    suspect alone, at most 1 + k, for workers whose crash costs more than a batch).
+    Every ID of the batch appears in exactly one of deliver, requeue, retry or
+    quarantine.
     """
     ids = batch.ids
     done = tuple(i for i in ids if i in outcome.done)
@@ -173,9 +184,9 @@ def decide(
         # Several begun and unfinished (a parallel scanner): hunt among those only.
         not_begun = tuple(i for i in rest if i not in pending)
         return merge(
-            handled, Decision(requeue=not_begun, retry=bisect(batch, tuple(pending), hunt))
+            handled, Decision(requeue=not_begun, retry=bisect(batch, tuple(pending), hunt, split))
         )
-    return merge(handled, Decision(retry=bisect(batch, rest, hunt)))
+    return merge(handled, Decision(retry=bisect(batch, rest, hunt, split)))
 
 
 def suspect_slots(total_workers: int, clean_waiting: bool) -> int:

@@ -111,6 +111,7 @@ class WorkerProcess:
     exit: Exit | None = None
     killed_by_us: str | None = None  # "timeout" | "memory" | "stopped" when qsup killed it
     ready: bool = False  # persistent: said `ready` (it is set up and reads batches)
+    ready_at: float | None = None  # when qsup saw `ready`
     batches: int = 0  # batches served (persistent workers are recycled after some)
 
     @property

@@ -95,6 +95,7 @@ class Ended:
     duration: float = 0.0
     stderr: bytes = b""
     verdicts: dict = field(default_factory=dict)
+    fresh_start: float = -math.inf  # when it started, if it was its worker's first batch
 
 
 class Supervisor:
@@ -154,6 +155,8 @@ class Supervisor:
         self._said_breaker = False
         self._rates: deque = deque()  # (time, delivered) for throughput
         self._completing: list[tuple] = []  # moves made, their records not yet committed
+        self._fresh_taken: deque = deque()  # when a never-used worker was taken (or spawned)
+        self._startup = 0.5  # seconds from spawn to `ready`, a moving average once measured
         self.started = clock()
         self.on_tick: Callable[[Supervisor], None] | None = None
         self._hook_log = RateCap(log, per_window=5, window=60.0, clock=clock)
@@ -323,21 +326,39 @@ class Supervisor:
     def _proc_for(self, batch_id: str, paths: list[str], now: float, fresh: bool) -> WorkerProcess:
         persistent = self.scanner.mode == "persistent"
         if persistent and self.idle:
-            # warm workers first; a spare (never used) when a fresh one is wanted
-            ranked = sorted(self.idle, key=lambda p: (p.batches == 0) != fresh)
+            # warm workers first; a spare (never used) when a fresh one is wanted;
+            # among spares, one that has finished starting up
+            ranked = sorted(self.idle, key=lambda p: ((p.batches == 0) != fresh, not p.ready))
             if not fresh or ranked[0].batches == 0:
                 self.idle.remove(ranked[0])
+                if ranked[0].batches == 0:
+                    self._fresh_taken.append(now)
                 return ranked[0]
+        if persistent:
+            self._fresh_taken.append(now)
         return self._spawn(batch_id, paths, now)
+
+    def _spares_wanted(self, now: float) -> int:
+        """Enough spares to cover what crashes and canaries take during one start-up
+        (both measured over the last minute), and at least a quarter of the workers
+        plus one; never more than the workers."""
+        while self._fresh_taken and self._fresh_taken[0] < now - 60:
+            self._fresh_taken.popleft()
+        span = min(60.0, max(now - self.started, 1.0))
+        rate = len(self._fresh_taken) / span
+        base = suspect_slots(self.config.workers, True) + 1
+        return max(base, min(self.config.workers, math.ceil(rate * self._startup * 1.5) + 1))
 
     def _keep_spares(self, now: float) -> None:
         """Persistent mode: keep `spare_workers` fresh workers started ahead, backing
         off when they die on their own (a broken environment must not spin)."""
         if self.scanner.mode != "persistent" or self.breaker.is_open or now < self._spare_after:
             return
+        if not (self.stats["crashes"] or self.awaiting or self.stats["canary_runs"]):
+            return  # none needed until something has crashed
         wanted = self.config.spare_workers
         if wanted is None:
-            wanted = suspect_slots(self.config.workers, True) + 1
+            wanted = self._spares_wanted(now)
         while sum(1 for p in self.idle if p.batches == 0) < wanted:
             try:
                 self.idle.append(self._spawn("spare", [], now))
@@ -405,6 +426,11 @@ class Supervisor:
             for line in lines:
                 if run is not None:
                     run.line(line, now)
+                elif line.strip() == b"ready":  # an idle spare has finished starting up
+                    proc.ready = True
+            if proc.ready and proc.ready_at is None:
+                proc.ready_at = now
+                self._startup = 0.8 * self._startup + 0.2 * (now - proc.started)
         interval = self.config.rss_interval if self.config.max_rss_mb else 1.0
         if now - self._last_sample >= interval:
             self._last_sample = now
@@ -485,7 +511,8 @@ class Supervisor:
             run.proc.lines.overlong = 0
             ended.append(Ended(run.batch_id, run.batch, run.fps, run.sizes, run.outcome(), detail,
                                duration=now - run.started, stderr=run.proc.stderr_tail,
-                               verdicts=run.verdicts))
+                               verdicts=run.verdicts,
+                               fresh_start=run.started if run.proc.batches <= 1 else -math.inf))
             run.proc.stderr_tail = b""
         return ended
 
@@ -537,6 +564,8 @@ class Supervisor:
                 self.queue.scan_done(qid)
             self.stats["delivered"] += len(decision.deliver)
             self._rates.append((now, len(decision.deliver)))
+            if e.outcome.ending is Ending.OK:
+                self._healthy(e.fresh_start)
         for batch_id, batch, fps, sizes in ready:
             self._launch(batch_id, batch, fps, sizes, now)
 
@@ -545,7 +574,12 @@ class Supervisor:
         if e.outcome.ending in CRASHES:  # strikes matter only to a crash
             strikes = {q: (r.get("history", message_key(q, e.fps[q])) or {}).get("strikes", 0)
                        for q in e.batch.ids if q in e.fps}
-        return decide(e.batch, e.outcome, strikes, self.config.strikes, hunt=e.batch_id)
+        # A persistent worker's crash costs a new worker (its start-up) while another
+        # batch costs little: a blind crash sends every suspect alone (1 + K crashes
+        # per poison message). A one-shot worker pays its start-up for every batch
+        # either way: bisect (fewest runs, ⌈log₂ n⌉ + K crashes).
+        split = len(e.batch.ids) if self.scanner.mode == "persistent" else 2
+        return decide(e.batch, e.outcome, strikes, self.config.strikes, hunt=e.batch_id, split=split)
 
     def _record(self, w, e: Ended, decision: Decision, now: float) -> list:
         """Write what the decision means for the state; return the deliveries planned."""
@@ -627,6 +661,9 @@ class Supervisor:
 
     # ------------------------------------------------------------------ canary
     def _canary_tick(self, now: float) -> None:
+        if not self.breaker.is_open and self.awaiting:
+            # those with proof of a working environment since their crash go now
+            self._confirm(self.last_canary_pass, now)
         if self.canary_run is not None:
             return
         if self.breaker.is_open:
@@ -637,17 +674,23 @@ class Supervisor:
             due = bool(self.awaiting) or (streak and self._streak_started > self.last_canary_pass)
         if not due:
             return
-        if not self.breaker.is_open and self.awaiting and all(
-                a["crashed_at"] < self.last_canary_pass for a in self.awaiting.values()):
-            self._confirm(self.last_canary_pass, now)
-            return
         fps = {canary.CANARY_ID: "canary"}
         batch = Batch(ids=(canary.CANARY_ID,), lane=Lane.SUSPECT)
         self._launch(f"canary-{self._new_batch_id()}", batch, fps, {}, now, is_canary=True)
         self.stats["canary_runs"] += 1
 
+    def _healthy(self, started: float) -> None:
+        """A fresh worker (its first batch) given a batch at *started* scanned all of
+        it: what a canary passing then shows, that the environment works. Candidates
+        that crashed before it need no canary of their own (see _canary_tick)."""
+        if started > self.last_canary_pass and not self.breaker.is_open:
+            self.last_canary_pass = started
+
     def _canary_done(self, run: Run, ending: Ending, detail: dict, now: float) -> None:
-        self._retire(run.proc)
+        if ending is Ending.OK and run.proc.persistent and run.proc.exit is None and not self.stop:
+            self._recycle_or_keep(run.proc)  # a worker that just proved itself: keep it
+        else:
+            self._retire(run.proc)
         if self.breaker.is_open and run.started < self.breaker.since:
             return  # began before the breaker opened: it proves nothing about why
         if ending is Ending.OK:

@@ -78,7 +78,7 @@ def test_quarantine_at_k_solo_strikes(k, ending):
         strikes["A"] = n
 
 
-def simulate(n: int, poison: set[int], k: int, progress: bool) -> tuple[dict, set, set]:
+def simulate(n: int, poison: set[int], k: int, progress: bool, split: int = 2) -> tuple[dict, set, set]:
     """Run the policy to the end against a fake scanner that crashes on poison."""
     ids = tuple(f"M{i}" for i in range(n))
     bad = {f"M{i}" for i in poison}
@@ -94,7 +94,7 @@ def simulate(n: int, poison: set[int], k: int, progress: bool) -> tuple[dict, se
             upto = batch.ids.index(first_bad)
             outcome = Outcome(Ending.SIGNAL, batch.ids[: upto + 1], frozenset(batch.ids[:upto])) if progress \
                 else Outcome(Ending.SIGNAL)
-        d = decide(batch, outcome, strikes, k, hunt="h")
+        d = decide(batch, outcome, strikes, k, hunt="h", split=split)
         for q in d.strike:
             strikes[q] = strikes.get(q, 0) + 1
         delivered |= set(d.deliver)
@@ -105,11 +105,13 @@ def simulate(n: int, poison: set[int], k: int, progress: bool) -> tuple[dict, se
     return crashes, delivered, quarantined
 
 
-@settings(max_examples=200)
-@given(n=st.integers(1, 60), data=st.data(), k=st.integers(1, 4), progress=st.booleans())
-def test_innocents_delivered_poison_quarantined_within_the_crash_bound(n, data, k, progress):
+@settings(max_examples=300)
+@given(n=st.integers(1, 60), data=st.data(), k=st.integers(1, 4), progress=st.booleans(),
+       solo=st.booleans())
+def test_innocents_delivered_poison_quarantined_within_the_crash_bound(n, data, k, progress, solo):
     poison = data.draw(st.sets(st.integers(0, n - 1), max_size=3))
-    crashes, delivered, quarantined = simulate(n, poison, k, progress)
+    split = n if solo else 2
+    crashes, delivered, quarantined = simulate(n, poison, k, progress, split)
     bad = {f"M{i}" for i in poison}
     assert quarantined == bad
     assert delivered == {f"M{i}" for i in range(n)} - bad
@@ -117,6 +119,20 @@ def test_innocents_delivered_poison_quarantined_within_the_crash_bound(n, data, 
         total = sum(crashes.values())
         bound = k if progress else math.ceil(math.log2(n)) + k if n > 1 else k
         assert total <= bound
+        if solo and not progress:  # every suspect alone: the batch's crash, then k alone
+            assert total <= 1 + k if n > 1 else total <= k
+
+
+@given(ids=ids_st, ending=crash_st, parts=st.integers(2, 40))
+def test_a_split_keeps_order_and_sizes_near_equal(ids, ending, parts):
+    d = decide(Batch(ids=tuple(ids)), Outcome(ending), {}, 2, "h", split=parts)
+    if len(ids) == 1:
+        assert d.strike == tuple(ids)
+        return
+    sizes = [len(b.ids) for b in d.retry]
+    assert len(sizes) == min(parts, len(ids)) and max(sizes) - min(sizes) <= 1
+    assert sum((b.ids for b in d.retry), ()) == tuple(ids)
+    assert all(b.lane is Lane.SUSPECT and b.hunt == "h" for b in d.retry)
 
 
 @given(ids=ids_st, ending=st.sampled_from([Ending.STOPPED, Ending.SPAWN]), lane=st.sampled_from(list(Lane)))
