@@ -67,17 +67,19 @@ class RssSampler(threading.Thread):
 def drive_pool(spec: dict) -> dict:
     from policies import POLICIES, BarePool, oldest_first
 
+    rss = RssSampler()
+    rss.start()
+    # The clock starts before the pool lists the queue, as qsup's starts before its
+    # first listing: both begin knowing nothing of the spool.
+    t0, cpu0 = time.time(), _cpu()
     ids = oldest_first(os.path.join(spec["spool"], "incoming"))
     policy = POLICIES[spec["policy"]](ids, spec["batch_size"], **spec.get("policy_args", {}))
     pool = BarePool(spool=spec["spool"], argv=spec["worker"], workers=spec["workers"], policy=policy,
                     persistent=spec["mode"] == "persistent", time_limit=spec["time_limit"])
-    rss = RssSampler()
-    rss.start()
-    cpu0 = _cpu()
     res = pool.run()
     cpu = _cpu() - cpu0
     rss.stop()
-    return {"t0": res.t0, "elapsed": res.elapsed, "delivered": res.delivered,
+    return {"t0": t0, "elapsed": res.elapsed + (res.t0 - t0), "delivered": res.delivered,
             "quarantined": res.quarantined, "crashes": res.crashes, "batches": res.batches,
             "spawns": res.spawns, "stopped_at_limit": res.stopped_at_limit, "cpu_s": cpu,
             "rss_peak_mb": max(rss.samples, default=rss.current()), "maxrss_mb": _maxrss_mb(),

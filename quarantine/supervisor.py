@@ -55,6 +55,7 @@ log = logging.getLogger("qsup")
 STATUS_EVERY = 1.0
 REFILL_MAX = 50_000  # most queue entries held in memory at once
 TICK = 0.05
+CANARY_WAIT = 1.0  # how long candidates wait for other proof before a canary runs
 
 
 class Stop(IntEnum):
@@ -669,9 +670,14 @@ class Supervisor:
         if self.breaker.is_open:
             due = self.breaker.probe_due(now)
         else:
-            # Candidates wait for a canary; and when every run dies, ask it early.
+            # Candidates wait for a canary, or for a fresh worker's good batch (the
+            # same proof, for free) while traffic flows; and when every run dies,
+            # ask the canary early.
             streak = self._crash_streak >= max(3, self.config.workers)
-            due = bool(self.awaiting) or (streak and self._streak_started > self.last_canary_pass)
+            waited = now - min((a["crashed_at"] for a in self.awaiting.values()), default=now)
+            flowing = bool(self.buffer or self.suspects)
+            due = (bool(self.awaiting) and (waited >= CANARY_WAIT or not flowing)) or (
+                streak and self._streak_started > self.last_canary_pass)
         if not due:
             return
         fps = {canary.CANARY_ID: "canary"}
