@@ -55,6 +55,7 @@ log = logging.getLogger("qsup")
 STATUS_EVERY = 1.0
 REFILL_MAX = 50_000  # most queue entries held in memory at once
 TICK = 0.05
+POLL_EVERY = 0.1  # seconds between checks that workers with open pipes are alive
 CANARY_WAIT = 1.0  # how long candidates wait for other proof before a canary runs
 
 
@@ -150,6 +151,8 @@ class Supervisor:
         self._state_broken = False
         self._last_prune = -math.inf
         self._last_sample = -math.inf
+        self._last_idle_check = -math.inf
+        self._last_poll_all = -math.inf
         self._spare_deaths = 0  # spares that died idle since the last good batch
         self._spare_after = -math.inf
         self._streak_started = -math.inf
@@ -440,10 +443,17 @@ class Supervisor:
             for run in self.all_runs():
                 if limit and rss.get(run.proc.pid, 0) > limit:
                     run.proc.kill("memory")
+        poll_all = now - self._last_poll_all >= POLL_EVERY
+        if poll_all:
+            self._last_poll_all = now
         for run in self.all_runs():
-            self._watch(run, now)
+            self._watch(run, now, poll_all)
+        check_idle = now - self._last_idle_check >= 1.0
+        if check_idle:
+            self._last_idle_check = now
         for proc in list(self.idle):
-            if proc.poll() is not None:
+            # an idle worker that dies closes its pipes; look at the others once a second
+            if (check_idle or not proc.fds) and proc.poll() is not None:
                 self.idle.remove(proc)
                 self._close_proc(proc)
                 self._spare_deaths += 1  # died without a batch: do not respawn at once
@@ -461,9 +471,12 @@ class Supervisor:
     def all_runs(self) -> list[Run]:
         return list(self.runs.values()) + ([self.canary_run] if self.canary_run else [])
 
-    def _watch(self, run: Run, now: float) -> None:
+    def _watch(self, run: Run, now: float, poll: bool) -> None:
+        """Reap a worker whose pipes closed (it exited) at once, the others every
+        POLL_EVERY (an exited worker's daemonised child may hold its pipes open);
+        kill it at its deadline."""
         proc = run.proc
-        if proc.poll() is None and now >= run.deadline:
+        if (poll or not proc.fds or now >= run.deadline) and proc.poll() is None and now >= run.deadline:
             proc.kill("timeout")
 
     def _retire(self, proc: WorkerProcess, polite: float = 0.0) -> None:
@@ -534,7 +547,8 @@ class Supervisor:
         (their completion waits for the next commit: replaying a finished move is
         harmless) and the workers started."""
         finished, self._completing = self._completing, []
-        if not (ended or finished or (dispatch and (self.suspects or self.buffer))):
+        dispatch = dispatch and len(self.runs) < self.config.workers and bool(self.suspects or self.buffer)
+        if not (ended or finished or dispatch):
             return
         delivers, ready, key = [], [], ""
         with self.store.write() as w:
