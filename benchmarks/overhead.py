@@ -29,6 +29,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+from bench_worker import WORKER
 from run import clone_spool, drive, fsync_probe, host_info
 
 from quarantine.demo import build_spool
@@ -37,7 +38,7 @@ TINY = b"From: a@example.org\r\nSubject: x\r\n\r\nx\r\n"
 
 
 def noop_worker() -> list[str]:
-    return [sys.executable, os.path.join(HERE, "bench_worker.py"), "--noop"]
+    return WORKER + ["--noop"]
 
 
 def one_run(kind: str, master: str, work: str, workers: int, batch: int, limit: float,

@@ -34,7 +34,9 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from quarantine.demo import build_spool
+from bench_worker import WORKER  # noqa: E402
+
+from quarantine.demo import build_spool  # noqa: E402
 
 PRESETS = {
     # seed 003: 66,000 messages behind ~100 segfaulting ones, 20 children, batches of 30
@@ -69,8 +71,7 @@ def clone_spool(master: str, root: str, skip: set[str]) -> list[str]:
 
 
 def spec_for(policy: str, p: dict, spool: str, work: str, mode: str, limit: float, qsup_config: dict) -> dict:
-    worker = [sys.executable, os.path.join(HERE, "bench_worker.py"), "--delay", str(p["delay"]),
-              "--startup", str(p["startup"])]
+    worker = WORKER + ["--delay", str(p["delay"]), "--startup", str(p["startup"])]
     base = dict(spool=spool, workers=p["workers"], batch_size=p["batch_size"], mode=mode,
                 time_limit=limit)
     if policy.startswith("qsup") or policy == "clean-qsup":

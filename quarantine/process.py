@@ -119,6 +119,11 @@ class WorkerProcess:
         return self.popen.pid
 
     @property
+    def piped(self) -> bool:
+        """Some pipe from the worker is still open (once none is, it has exited)."""
+        return self.status_fd is not None or self.stderr_fd is not None
+
+    @property
     def fds(self) -> list[int]:
         return [fd for fd in (self.status_fd, self.stderr_fd) if fd is not None]
 

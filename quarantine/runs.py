@@ -27,6 +27,7 @@ class Run:
     sizes: dict[str, int]
     timeout: float
     canary: bool = False
+    first: bool = False  # the first batch its worker was given
     max_rss: int | None = None  # bytes; the memory guard
     begun: list[str] = field(default_factory=list)
     done: set[str] = field(default_factory=set)

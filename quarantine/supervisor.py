@@ -337,9 +337,11 @@ class Supervisor:
                 self.idle.remove(ranked[0])
                 if ranked[0].batches == 0:
                     self._fresh_taken.append(now)
+                    self.stats["spares_taken" if ranked[0].ready else "spares_taken_starting"] += 1
                 return ranked[0]
         if persistent:
             self._fresh_taken.append(now)
+            self.stats["started_on_demand"] += 1
         return self._spawn(batch_id, paths, now)
 
     def _spares_wanted(self, now: float) -> int:
@@ -392,7 +394,7 @@ class Supervisor:
         deadline = now + self.config.startup_allowance + self.config.timeout * len(batch.ids)
         run = Run(batch_id=batch_id, batch=batch, proc=proc, started=now,
                   deadline=deadline, fps=fps, sizes=sizes, timeout=self.config.timeout,
-                  canary=is_canary,
+                  canary=is_canary, first=proc.batches == 0,
                   max_rss=self.config.max_rss_mb * 2**20 if self.config.max_rss_mb else None)
         if proc.persistent:
             lines = [f"batch {batch_id} {len(paths)}\n"]
@@ -415,26 +417,18 @@ class Supervisor:
 
     # ------------------------------------------------------------------- watch
     def _wait(self, now: float) -> None:
+        """Read workers' lines until one needs the loop (a batch ended, a worker
+        exited) or a tick passed: progress lines alone do not run a whole pass."""
         timeout = TICK if (self.runs or self.canary_run) else min(self.config.poll_interval, 0.25)
-        events = self.sel.select(timeout) if self.fdmap else (time.sleep(timeout) or [])
+        if not self.fdmap:
+            time.sleep(timeout)
+        else:
+            end = now + timeout
+            owners = {id(r.proc): r for r in self.all_runs()}
+            while not self._read(self.sel.select(max(end - now, 0.0)), owners, now := self.clock()):
+                if now >= end or self.stop or self._reload_wanted:
+                    break
         now = self.clock()
-        owners = {id(r.proc): r for r in self.all_runs()}
-        for key, _ in events:
-            proc = self.fdmap.get(key.fd)
-            if proc is None:
-                continue
-            lines = proc.read(key.fd)
-            if key.fd not in proc.fds:
-                self._forget_fd(key.fd)
-            run = owners.get(id(proc))
-            for line in lines:
-                if run is not None:
-                    run.line(line, now)
-                elif line.strip() == b"ready":  # an idle spare has finished starting up
-                    proc.ready = True
-            if proc.ready and proc.ready_at is None:
-                proc.ready_at = now
-                self._startup = 0.8 * self._startup + 0.2 * (now - proc.started)
         interval = self.config.rss_interval if self.config.max_rss_mb else 1.0
         if now - self._last_sample >= interval:
             self._last_sample = now
@@ -453,7 +447,7 @@ class Supervisor:
             self._last_idle_check = now
         for proc in list(self.idle):
             # an idle worker that dies closes its pipes; look at the others once a second
-            if (check_idle or not proc.fds) and proc.poll() is not None:
+            if (check_idle or not proc.piped) and proc.poll() is not None:
                 self.idle.remove(proc)
                 self._close_proc(proc)
                 self._spare_deaths += 1  # died without a batch: do not respawn at once
@@ -461,6 +455,35 @@ class Supervisor:
         if now - self._last_sweep >= 2.0:
             self._last_sweep = now
             self._sweep_orphans()
+
+    def _read(self, events, owners: dict, now: float) -> bool:
+        """Take the lines *events* announce; True if a batch ended or a worker exited."""
+        act = False
+        for key, _ in events:
+            proc = self.fdmap.get(key.fd)
+            if proc is None:
+                continue
+            lines = proc.read(key.fd)
+            if key.fd not in proc.fds:
+                self._forget_fd(key.fd)
+                if not proc.piped:  # both pipes closed: it is exiting; reap it
+                    for _ in range(20):  # the exit closes files a moment before the zombie
+                        if proc.poll() is not None:
+                            break
+                        time.sleep(0.0005)
+                    act = True
+            run = owners.get(id(proc))
+            for line in lines:
+                if run is not None:
+                    run.line(line, now)
+                elif line.strip() == b"ready":  # an idle spare has finished starting up
+                    proc.ready = True
+            if run is not None and run.ended_batch:
+                act = True
+            if proc.ready and proc.ready_at is None:
+                proc.ready_at = now
+                self._startup = 0.8 * self._startup + 0.2 * (now - proc.started)
+        return act
 
     def _sweep_orphans(self) -> None:
         """Daemonised grandchildren re-parented to qsup (a subreaper) are leaks of
@@ -472,11 +495,11 @@ class Supervisor:
         return list(self.runs.values()) + ([self.canary_run] if self.canary_run else [])
 
     def _watch(self, run: Run, now: float, poll: bool) -> None:
-        """Reap a worker whose pipes closed (it exited) at once, the others every
-        POLL_EVERY (an exited worker's daemonised child may hold its pipes open);
-        kill it at its deadline."""
+        """Reap workers every POLL_EVERY (one whose pipes closed is reaped as soon as
+        they close, in _read; an exited worker's daemonised child may hold its pipes
+        open); kill a worker at its deadline."""
         proc = run.proc
-        if (poll or not proc.fds or now >= run.deadline) and proc.poll() is None and now >= run.deadline:
+        if (poll or not proc.piped or now >= run.deadline) and proc.poll() is None and now >= run.deadline:
             proc.kill("timeout")
 
     def _retire(self, proc: WorkerProcess, polite: float = 0.0) -> None:
@@ -526,7 +549,7 @@ class Supervisor:
             ended.append(Ended(run.batch_id, run.batch, run.fps, run.sizes, run.outcome(), detail,
                                duration=now - run.started, stderr=run.proc.stderr_tail,
                                verdicts=run.verdicts,
-                               fresh_start=run.started if run.proc.batches <= 1 else -math.inf))
+                               fresh_start=run.started if run.first else -math.inf))
             run.proc.stderr_tail = b""
         return ended
 
@@ -543,9 +566,10 @@ class Supervisor:
         """One durable commit per pass of the loop. It holds: what completes the
         previous pass's moves; the policy's decisions for every batch that ended,
         with the intents of the deliveries they plan; and, with *dispatch*, the
-        in-flight records of the batches about to start. Then the moves are made
-        (their completion waits for the next commit: replaying a finished move is
-        harmless) and the workers started."""
+        in-flight records of the batches about to start. Then the workers are
+        given their batches (first: idle workers are what slows a drain), and the
+        moves are made (their completion waits for the next commit: replaying a
+        finished move is harmless)."""
         finished, self._completing = self._completing, []
         dispatch = dispatch and len(self.runs) < self.config.workers and bool(self.suspects or self.buffer)
         if not (ended or finished or dispatch):
@@ -566,6 +590,8 @@ class Supervisor:
                 moves.record(w, key, delivers)
             if dispatch:
                 ready = self._dispatch(w, now)
+        for batch_id, batch, fps, sizes in ready:
+            self._launch(batch_id, batch, fps, sizes, now)
         for e, decision in zip(ended, decisions):
             for qid in decision.deliver:
                 if qid in e.verdicts:
@@ -581,8 +607,6 @@ class Supervisor:
             self._rates.append((now, len(decision.deliver)))
             if e.outcome.ending is Ending.OK:
                 self._healthy(e.fresh_start)
-        for batch_id, batch, fps, sizes in ready:
-            self._launch(batch_id, batch, fps, sizes, now)
 
     def _decide(self, r, e: Ended) -> Decision:
         strikes = {}
