@@ -26,8 +26,8 @@ import time
 # every policy for every crash). The package is imported from this checkout.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from quarantine import demo_scanner  # noqa: E402
-from quarantine.worker import run_oneshot, run_persistent  # noqa: E402
+from quarantine import demo_scanner
+from quarantine.worker import run_oneshot, run_persistent
 
 WORKER = [sys.executable, "-S", os.path.abspath(__file__)]  # how the benchmarks start it
 

@@ -34,9 +34,9 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from bench_worker import WORKER  # noqa: E402
+from bench_worker import WORKER
 
-from quarantine.demo import build_spool  # noqa: E402
+from quarantine.demo import build_spool
 
 PRESETS = {
     # seed 003: 66,000 messages behind ~100 segfaulting ones, 20 children, batches of 30

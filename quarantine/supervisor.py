@@ -780,7 +780,7 @@ class Supervisor:
         if self.breaker.is_open:
             return
         for key, cand in list(self.awaiting.items()):
-            if cand["crashed_at"] < canary_started:
+            if cand["crashed_at"] <= canary_started:  # same pass: started after the crash was seen
                 del self.awaiting[key]
                 self._quarantine(key, cand)
 

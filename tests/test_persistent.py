@@ -89,3 +89,33 @@ def test_persistent_hang_is_timed_out_from_the_last_progress_line(qsup, make_spo
     where = assert_conserved(qsup.spool, ids)
     assert where["quarantine"] == {ids[20]}
     assert qsup.listing()[0]["why"] == "timeout"
+
+
+def test_a_blind_crash_of_a_persistent_worker_runs_each_suspect_alone(qsup, make_spool):
+    # A persistent worker's crash costs a new worker; another batch costs little:
+    # each poison message costs its batch's crash and K = 2 solo crashes, where
+    # bisection would cost up to ceil(log2 20) + 2 = 7.
+    poison = {7: "segv", 130: "abort", 251: "segv"}
+    ids = make_spool(300, poison)
+    proc = qsup.drain("--worker-mode", "persistent", "--worker", DEMO + " --no-progress",
+                      "--workers", "3", "--batch-size", "20", "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    where = assert_conserved(qsup.spool, ids)
+    assert where["quarantine"] == {ids[i] for i in poison}
+    summary = qsup.summary(proc)
+    assert summary["crashes"] == 3 * len(poison) and summary["strikes"] == 2 * len(poison)
+
+
+def test_a_fresh_workers_good_batch_stands_in_for_the_canary(qsup, make_spool):
+    # Traffic flows for a few seconds after the poison's second crash: the worker
+    # started to replace the crashed one scans its first batch cleanly after that
+    # crash, which proves the environment as a canary would, so none runs.
+    ids = make_spool(1500, {3: "segv"})
+    proc = qsup.drain("--worker-mode", "persistent", "--worker", DEMO + " --delay 0.005",
+                      "--workers", "3", "--batch-size", "10", "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    where = assert_conserved(qsup.spool, ids)
+    assert where["quarantine"] == {ids[3]}
+    summary = qsup.summary(proc)
+    assert summary["crashes"] == 2 and summary["quarantined"] == 1
+    assert summary["canary_runs"] == 0
