@@ -163,7 +163,8 @@ def enough_disk(folder: str, n: int) -> tuple[bool, str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", help="write the results here")
-    ap.add_argument("--count", type=int, default=10_000, help="messages in the throughput spool")
+    ap.add_argument("--count", type=int, default=30_000, help="messages in the throughput spool "
+                    "(enough for a run of about a second, not a start-up measurement)")
     ap.add_argument("--workers", type=int, default=5, help="workers (qsup's default is 5)")
     ap.add_argument("--batch-sizes", default="30", help="comma-separated, e.g. 1,10,30,100")
     ap.add_argument("--repeat", type=int, default=3)
