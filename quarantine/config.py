@@ -68,8 +68,9 @@ FIELDS: tuple[Field, ...] = (
     Field("poll_interval", float, 1.0, "Seconds between looks at the queue when idle."),
     Field("grace", float, 30.0, "Seconds a warm stop lets in-flight batches finish."),
     Field("spare_workers", int, None, "Persistent mode: workers started ahead, so a crash or "
-          "a canary run does not wait for a worker's start-up. Default: a quarter of the "
-          "workers plus one (the suspect lane and the canary).", minimum=0, optional=True),
+          "a canary run does not wait for a worker's start-up. Default: started once something "
+          "has crashed, as many as crashes and canaries took over the last minute during one "
+          "start-up, at least a quarter of the workers plus one.", minimum=0, optional=True),
     Field("recycle_batches", int, 1000, "Persistent workers are replaced after this many "
           "batches.", minimum=1),
     Field("recycle_rss_mb", int, None, "Persistent workers are replaced when their RSS "
