@@ -133,6 +133,7 @@ class Supervisor:
         self.canary_run: Run | None = None
         self.canary_path = canary.prepare(self.state_dir, config.canary)
         self.last_canary_pass = -math.inf
+        self._env_failed_while_open = False  # a canary or a start failed since it last closed
         self.stats: Counter = Counter()
         self.sel = selectors.DefaultSelector()
         self.fdmap: dict[int, WorkerProcess] = {}
@@ -584,7 +585,7 @@ class Supervisor:
                 for qid in decision.requeue:
                     self.busy.pop(qid, None)
                 self.breaker.delivered(len(decision.deliver), now)
-                self._judge_environment(e, decision, now)  # a storm stops this pass's dispatch
+                self._judge_environment(w, e, decision, now)  # a storm stops this pass's dispatch
             if delivers:
                 key = f"deliver/{self._new_batch_id()}"
                 moves.record(w, key, delivers)
@@ -663,9 +664,11 @@ class Supervisor:
                                   "path": list(batch.path), "size": e.sizes.get(qid, 0)}
         return [self.queue.plan(q, fps[q], "outgoing") for q in decision.deliver]
 
-    def _judge_environment(self, e: Ended, decision: Decision, now: float) -> None:
+    def _judge_environment(self, w, e: Ended, decision: Decision, now: float) -> None:
         """Spawn failures and storms open the breaker."""
         if decision.systemic:
+            self._env_failed_while_open = True
+            self._forgive(now, w)  # the environment is failing: so may have their last crashes
             said = e.stderr.decode("utf-8", "replace").strip().splitlines()[-1:]
             why = e.detail.get("error") or "it died before reading anything"
             rest = _detail_text({k: v for k, v in e.detail.items() if k != "error"})
@@ -745,34 +748,44 @@ class Supervisor:
                 self.breaker.probe_passed(now)
                 self._said_breaker = False
                 self._fire("qsup_breaker", state="closed", reason="canary passed")
+                if self._env_failed_while_open:
+                    # The environment failed (a canary, a worker that could not start)
+                    # while it was open: candidates that crashed since crashed in a
+                    # broken environment, and their last strike does not count.
+                    self._forgive(now)
+                self._env_failed_while_open = False
             self._confirm(run.started, now)
             return
         self._canary_failed(f"{ending.value}{_detail_text(detail)}", now)
 
     def _canary_failed(self, why: str, now: float) -> None:
         self.stats["canary_failures"] += 1
+        self._env_failed_while_open = True
         if self.breaker.is_open:
             self.breaker.probe_failed(now)
         elif self.breaker.trip(f"the canary failed too ({why}): the environment is at fault", now):
             self._announce_breaker()
         self._forgive(now)
 
-    def _forgive(self, now: float) -> None:
+    def _forgive(self, now: float, w=None) -> None:
         """The environment was broken: candidates' last strike does not count. They
-        stay suspects (to run alone again once the breaker closes)."""
+        stay suspects (to run alone again once the breaker closes). In *w* if given."""
         if not self.awaiting:
             return
+        if w is None:
+            with self.store.write() as w:
+                self._forgive(now, w)
+            return
         k = self.config.strikes
-        with self.store.write() as w:
-            for key, cand in self.awaiting.items():
-                hist = w.get("history", key)
-                if hist:
-                    hist["strikes"] = min(hist["strikes"], k - 1)
-                    hist["forgiven"] = hist.get("forgiven", 0) + 1
-                    w.put("history", key, hist)
-                w.delete("pending", cand["pending"])
-                batch = Batch(ids=(cand["qid"],), lane=Lane.SUSPECT, path=tuple(cand["path"]))
-                self._hold(w, batch, {cand["qid"]: cand["fp"]}, f"forgiven.{next(self._ids):x}")
+        for key, cand in self.awaiting.items():
+            hist = w.get("history", key)
+            if hist:
+                hist["strikes"] = min(hist["strikes"], k - 1)
+                hist["forgiven"] = hist.get("forgiven", 0) + 1
+                w.put("history", key, hist)
+            w.delete("pending", cand["pending"])
+            batch = Batch(ids=(cand["qid"],), lane=Lane.SUSPECT, path=tuple(cand["path"]))
+            self._hold(w, batch, {cand["qid"]: cand["fp"]}, f"forgiven.{next(self._ids):x}")
         self.stats["forgiven"] += len(self.awaiting)
         self.awaiting.clear()
 
