@@ -4,7 +4,9 @@ after a number of batches or RSS growth."""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import time
 from collections import defaultdict
 
 import pytest
@@ -119,3 +121,36 @@ def test_a_fresh_workers_good_batch_stands_in_for_the_canary(qsup, make_spool):
     summary = qsup.summary(proc)
     assert summary["crashes"] == 2 and summary["quarantined"] == 1
     assert summary["canary_runs"] == 0
+
+
+def test_a_crash_in_a_broken_environment_is_forgiven_even_if_it_mends_before_the_probe(qsup, make_spool, tmp_path):
+    # K = 1: the crash that breaks the environment makes the message a candidate at
+    # once; the next worker cannot start (the breaker opens); the environment mends
+    # before the first probe, which passes. The candidate crashed while the
+    # environment was failing, so its strike is forgiven, not confirmed by the probe.
+    ids = make_spool(40, {})
+    breaker = qsup.spool / "tmp" / "BREAK01"
+    breaker.write_bytes(b"From: a@example.org\r\nX-Break-Env: yes\r\nSubject: breaks it\r\n\r\nx\r\n")
+    os.utime(breaker, (1, 1))  # the oldest: in the first batch
+    os.rename(breaker, qsup.spool / "incoming" / "BREAK01")
+    flag = tmp_path / "broken"
+    log = tmp_path / "drain.log"
+    with open(log, "w") as err:
+        drain = subprocess.Popen(
+            qsup.argv("drain", "--spool", str(qsup.spool), "--json", "--worker-mode", "persistent",
+                      "--worker", f"{sys.executable} {WORKERS / 'envbreak.py'}", "--workers", "1",
+                      "--batch-size", "5", "--strikes", "1", "--max-wait", "60"),
+            stdout=subprocess.PIPE, stderr=err, text=True, env={**os.environ, "ENVBREAK_FLAG": str(flag)})
+    try:
+        deadline = time.monotonic() + 60
+        while "breaker open" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        flag.unlink()  # mended, before the first probe (0.25 s after the breaker opened)
+        out, _ = drain.communicate(timeout=120)
+    finally:
+        drain.kill()
+    stderr = log.read_text()
+    assert drain.returncode == 0, stderr[-2000:]
+    where = assert_conserved(qsup.spool, ids + ["BREAK01"])
+    assert not where["quarantine"] and qsup.listing() == [], stderr[-2000:]
+    assert "breaker closed" in stderr
