@@ -11,6 +11,7 @@ durable commit (the supervisor groups it with its next pass).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from quarantine.hookspecs import Move, Queue
@@ -18,7 +19,7 @@ from quarantine.ids import message_key
 from quarantine.store import Store, Txn
 
 log = logging.getLogger("qsup")
-_FIELDS = ("qid", "fp", "dest", "name", "origin", "source")
+_FIELDS = tuple(f.name for f in dataclasses.fields(Move))  # an intent stores them in this order
 
 
 def record(w: Txn, key: str, moves: list[Move], extra: dict | None = None) -> None:

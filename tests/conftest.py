@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,13 @@ DEMO = f"{sys.executable} -m quarantine.demo_scanner"
 
 def spool_counts(spool: Path) -> dict[str, set[str]]:
     return {sub: set(os.listdir(spool / sub)) for sub in ("incoming", "outgoing", "quarantine")}
+
+
+def wait_for(predicate, timeout: float = 30.0, what: str = "condition", interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(interval)
 
 
 def assert_conserved(spool: Path, ids: list[str]) -> dict[str, set[str]]:

@@ -13,20 +13,13 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import DEMO, WORKERS, assert_conserved
+from conftest import DEMO, WORKERS, assert_conserved, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
 
 def py(worker: str) -> str:
     return f"{sys.executable} {WORKERS / worker}"
-
-
-def wait_for(predicate, timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def test_name_with_invalid_utf8_is_left_alone(qsup, make_spool):

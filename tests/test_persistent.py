@@ -6,11 +6,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections import defaultdict
 
 import pytest
-from conftest import DEMO, WORKERS, assert_conserved
+from conftest import DEMO, WORKERS, assert_conserved, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -142,9 +141,8 @@ def test_a_crash_in_a_broken_environment_is_forgiven_even_if_it_mends_before_the
                       "--batch-size", "5", "--strikes", "1", "--max-wait", "60"),
             stdout=subprocess.PIPE, stderr=err, text=True, env={**os.environ, "ENVBREAK_FLAG": str(flag)})
     try:
-        deadline = time.monotonic() + 60
-        while "breaker open" not in log.read_text() and time.monotonic() < deadline:
-            time.sleep(0.005)
+        wait_for(lambda: "breaker open" in log.read_text(), timeout=60, what="the breaker to open",
+                 interval=0.005)
         flag.unlink()  # mended, before the first probe (0.25 s after the breaker opened)
         out, _ = drain.communicate(timeout=120)
     finally:
