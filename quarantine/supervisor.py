@@ -160,7 +160,9 @@ class Supervisor:
         self._said_breaker = False
         self._rates: deque = deque()  # (time, delivered) for throughput
         self._completing: list[tuple] = []  # moves made, their records not yet committed
-        self._fresh_taken: deque = deque()  # when a never-used worker was taken (or spawned)
+        self._fresh_taken: deque = deque()  # when a fresh worker replaced one that ended
+        self._sweep_due = False
+        self._ended_workers = 0  # workers gone (crash, recycle) and not yet replaced
         self._startup = 0.5  # seconds from spawn to `ready`, a moving average once measured
         self.started = clock()
         self.on_tick: Callable[[Supervisor], None] | None = None
@@ -337,13 +339,21 @@ class Supervisor:
             if not fresh or ranked[0].batches == 0:
                 self.idle.remove(ranked[0])
                 if ranked[0].batches == 0:
-                    self._fresh_taken.append(now)
+                    self._took_fresh(now, fresh)
                     self.stats["spares_taken" if ranked[0].ready else "spares_taken_starting"] += 1
                 return ranked[0]
         if persistent:
-            self._fresh_taken.append(now)
+            self._took_fresh(now, fresh)
             self.stats["started_on_demand"] += 1
         return self._spawn(batch_id, paths, now)
+
+    def _took_fresh(self, now: float, canary: bool) -> None:
+        """Count what spares are for: a canary, or a worker replacing one that ended.
+        The first start of the pool is not demand that recurs: counted, it made the
+        first crash start a spare for every worker at once."""
+        if canary or self._ended_workers:
+            self._ended_workers = max(0, self._ended_workers - (not canary))
+            self._fresh_taken.append(now)
 
     def _spares_wanted(self, now: float) -> int:
         """Enough spares to cover what crashes and canaries take during one start-up
@@ -379,6 +389,7 @@ class Supervisor:
         argv = self.scanner.command() + ([] if persistent else paths)
         proc = spawn(argv, env=self._worker_env(batch_id), now=now, persistent=persistent,
                      rlimit_as_mb=self.config.rlimit_as_mb)
+        self.stats["worker_starts"] += 1
         for fd in proc.fds:
             self.sel.register(fd, selectors.EVENT_READ)
             self.fdmap[fd] = proc
@@ -453,8 +464,11 @@ class Supervisor:
                 self._close_proc(proc)
                 self._spare_deaths += 1  # died without a batch: do not respawn at once
                 self._spare_after = now + respawn_delay(self._spare_deaths)
-        if now - self._last_sweep >= 2.0:
-            self._last_sweep = now
+        since = now - self._last_sweep
+        if since >= 2.0 or (self._sweep_due and since >= 0.25):
+            # a walk of the process table costs milliseconds: once per 0.25 s at most,
+            # however many workers crashed meanwhile
+            self._last_sweep, self._sweep_due = now, False
             self._sweep_orphans()
 
     def _read(self, events, owners: dict, now: float) -> bool:
@@ -534,9 +548,10 @@ class Supervisor:
             if run.proc.exit is None and not run.ended_batch:
                 continue
             if run.proc.exit is not None:
+                self._ended_workers += not run.canary
                 for line in self._close_proc(run.proc):
                     run.line(line, now)
-                self._sweep_orphans()
+                self._sweep_due = True  # its daemonised children, if any: soon, not per crash
             ending, detail = run.ending()
             if run.canary:
                 self.canary_run = None
@@ -559,6 +574,7 @@ class Supervisor:
         too_big = limit is not None and proc.sample() > limit * 1024 * 1024
         if proc.batches >= self.config.recycle_batches or too_big or self.stop:
             self._retire(proc)  # planned: never counts against a message
+            self._ended_workers += 1
             self.stats["recycled"] += 1
         else:
             self.idle.append(proc)
@@ -593,10 +609,11 @@ class Supervisor:
                 ready = self._dispatch(w, now)
         for batch_id, batch, fps, sizes in ready:
             self._launch(batch_id, batch, fps, sizes, now)
-        for e, decision in zip(ended, decisions):
-            for qid in decision.deliver:
-                if qid in e.verdicts:
-                    self._fire("qsup_verdict", qid=qid, verdict=e.verdicts[qid], queue=self.queue)
+        if self.hooks.qsup_verdict.get_hookimpls():  # one call per message: only if heard
+            for e, decision in zip(ended, decisions):
+                for qid in decision.deliver:
+                    if qid in e.verdicts:
+                        self._fire("qsup_verdict", qid=qid, verdict=e.verdicts[qid], queue=self.queue)
         if delivers:
             wall = self.wall()
             self._completing.append((key, delivers, moves.make(self.queue, delivers), wall))
@@ -1017,6 +1034,7 @@ class Supervisor:
                 "crashes": self.stats["crashes"], "unexplained": self.stats["unexplained"],
                 "strikes": self.stats["strikes"], "canary_runs": self.stats["canary_runs"],
                 "ignored_lines": self.stats["ignored_lines"], "odd_entries": self.stats["odd_entries"],
+                "worker_starts": self.stats["worker_starts"],
                 "breaker": self.breaker.snapshot(), "seconds": round(self.clock() - self.started, 2),
                 "qsup_peak_rss_mb": round(peak_rss_of_self() / 2**20, 1)}
 

@@ -152,3 +152,21 @@ def test_a_crash_in_a_broken_environment_is_forgiven_even_if_it_mends_before_the
     where = assert_conserved(qsup.spool, ids + ["BREAK01"])
     assert not where["quarantine"] and qsup.listing() == [], stderr[-2000:]
     assert "breaker closed" in stderr
+
+
+def test_the_first_crash_starts_a_few_spares_not_one_per_worker(qsup, make_spool):
+    # Spares cover what crashes take (one replacement each) and a canary; the pool's
+    # own first start is not that demand. Counted as such, the first crash used to
+    # start a spare for every worker at once: 12 workers, 12 more processes.
+    workers = 12
+    ids = make_spool(600, {40: "segv"})
+    proc = qsup.drain("--worker-mode", "persistent", "--worker", DEMO + " --startup 0.3",
+                      "--workers", str(workers), "--batch-size", "10", "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    where = assert_conserved(qsup.spool, ids)
+    assert where["quarantine"] == {ids[40]}
+    summary = qsup.summary(proc)
+    assert summary["crashes"] == 2
+    least_spares = workers // 4 + 1  # the floor of _spares_wanted
+    bound = workers + least_spares + summary["crashes"] + summary["canary_runs"]
+    assert workers < summary["worker_starts"] <= bound, summary
