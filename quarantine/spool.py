@@ -17,7 +17,7 @@ import errno
 import heapq
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from quarantine.hookspecs import MessageRef, Move, hookimpl
 from quarantine.ids import FINGERPRINT_BYTES, fingerprint, is_queue_id
@@ -26,6 +26,10 @@ SUBDIRS = ("tmp", "incoming", "outgoing", "quarantine")
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _REPORTED_CAP = 100_000  # how many odd names are remembered so each is reported once
 _SEEN_CAP = 200_000
+LIST_STEP = 2_000  # directory entries per slice of pending_steps() (~15 ms)
+# a bounded max-heap keeps the oldest `limit` entries (heapq.nsmallest's own method)
+_heapify_max = getattr(heapq, "heapify_max", None) or heapq._heapify_max
+_heapreplace_max = getattr(heapq, "heapreplace_max", None) or heapq._heapreplace_max
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _renameat2 = getattr(_libc, "renameat2", None)
@@ -106,9 +110,13 @@ class SpoolQueue:
         self._reported.add(name)
         self._new_reports.append(f"incoming/{describe_name(name)}: {why}; left alone")
 
-    def _entries(self, skip: Callable[[str], bool]):
+    def _entries(self, skip: Callable[[str], bool], step: int = 0):
+        """(mtime, name, size) of each waiting message; with *step*, also None after
+        every *step* directory entries (a point to pause at)."""
         with os.scandir(self.dir("incoming")) as it:
-            for entry in it:
+            for n, entry in enumerate(it, 1):
+                if step and n % step == 0:
+                    yield None
                 name = entry.name
                 if not is_queue_id(name):
                     self._report(name, "not a queue ID")
@@ -128,9 +136,29 @@ class SpoolQueue:
                 yield (st.st_mtime, name, st.st_size)
 
     def pending(self, limit: int, skip: Callable[[str], bool]) -> list[MessageRef]:
-        # nsmallest keeps only `limit` entries however large the directory is.
-        oldest = heapq.nsmallest(limit, self._entries(skip))
-        return [MessageRef(qid=n, size=size, age_key=mtime) for mtime, n, size in oldest]
+        return [ref for part in self.pending_steps(limit, skip, step=0) if part for ref in part]
+
+    def pending_steps(self, limit: int, skip: Callable[[str], bool],
+                      step: int = LIST_STEP) -> Iterator[list[MessageRef] | None]:
+        """pending() in slices: None after every *step* directory entries, then the
+        messages, oldest first, in lists of at most *step* (0: one list). Listing a
+        deep spool takes ~8 µs an entry (half a second for 66,000): the supervisor
+        takes a slice per pass instead of stalling every worker. Only the oldest
+        *limit* entries are kept, however large the directory."""
+        heap: list = []
+        for item in self._entries(skip, step):
+            if item is None:
+                yield None
+            elif len(heap) < limit:
+                heap.append(item)
+                if len(heap) == limit:
+                    _heapify_max(heap)
+            elif item < heap[0]:
+                _heapreplace_max(heap, item)
+        heap.sort()
+        size = step or len(heap) or 1
+        for i in range(0, len(heap), size):
+            yield [MessageRef(qid=n, size=sz, age_key=mtime) for mtime, n, sz in heap[i:i + size]]
 
     def depth(self) -> int:
         with os.scandir(self.dir("incoming")) as it:

@@ -14,7 +14,7 @@ import os
 import selectors
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import NamedTuple
@@ -144,6 +144,7 @@ class Supervisor:
         self._reload_wanted = False
         self._ids = itertools.count(1)
         self._last_list = -math.inf
+        self._listing: Iterator | None = None  # a listing of the queue under way, in slices
         self._last_status = -math.inf
         self._last_depth = (-math.inf, 0)
         self._last_sweep = -math.inf
@@ -242,8 +243,17 @@ class Supervisor:
 
     # ------------------------------------------------------------------- queue
     def _refill(self, now: float, force: bool = False) -> None:
+        """Keep the buffer of waiting messages filled. A queue that can list in
+        slices (``pending_steps``) is listed a slice per pass, early enough that the
+        buffer lasts until the listing ends; a listing that would leave workers idle
+        (*force*, or less than one batch per worker left) is finished at once."""
         cap = self.config.workers * self.config.batch_size
-        if len(self.buffer) >= cap * 2:
+        if self._listing is not None:
+            self._list_more(finish=force or len(self.buffer) < cap)
+            if not (force and not self.buffer):
+                return
+        steps = getattr(self.queue, "pending_steps", None)
+        if len(self.buffer) >= (cap * 8 if steps else cap * 2):
             return
         if self._last_depth[0] == -math.inf:
             self._last_depth = (now, self.queue.depth())
@@ -254,9 +264,23 @@ class Supervisor:
         # A deep queue is listed less often: take a larger slice of it each time
         # (bounded, so memory stays flat however deep the queue is).
         want = max(cap * 4, min(REFILL_MAX, self._last_depth[1] // 2))
-        for ref in self.queue.pending(want, skip):
-            self.buffer.append(ref)
-            self.buffered.add(ref.qid)
+        self._listing = steps(want, skip) if steps else iter([self.queue.pending(want, skip)])
+        self._list_more(finish=force or len(self.buffer) < cap)
+
+    def _list_more(self, finish: bool) -> None:
+        """One slice of the listing under way (all of it with *finish*)."""
+        for part in self._listing:
+            if part is None:
+                if finish:
+                    continue
+                return
+            for ref in part:
+                if ref.qid not in self.busy and ref.qid not in self.buffered:
+                    self.buffer.append(ref)
+                    self.buffered.add(ref.qid)
+            if not finish:
+                return
+        self._listing = None
         for line in self.queue.reports():
             log.warning("%s", line)
             self.stats["odd_entries"] += 1
@@ -432,6 +456,8 @@ class Supervisor:
         """Read workers' lines until one needs the loop (a batch ended, a worker
         exited) or a tick passed: progress lines alone do not run a whole pass."""
         timeout = TICK if (self.runs or self.canary_run) else min(self.config.poll_interval, 0.25)
+        if self._listing is not None:
+            timeout = min(timeout, 0.005)  # the next slice of the listing is due
         if not self.fdmap:
             time.sleep(timeout)
         else:
@@ -1006,6 +1032,9 @@ class Supervisor:
 
     def _shutdown(self) -> None:
         now = self.clock()
+        if self._listing is not None:
+            self._listing.close()  # its directory handle
+            self._listing = None
         for run in self.all_runs():
             run.proc.kill("stopped")
         deadline = time.monotonic() + 5
