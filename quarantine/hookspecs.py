@@ -59,7 +59,13 @@ class Queue(Protocol):
     def pending(self, limit: int, skip: Callable[[str], bool]) -> list[MessageRef]:
         """Up to *limit* waiting messages, oldest first, leaving out IDs for which
         *skip* is true. Never follows a symlink; entries that are not messages are
-        reported once through :meth:`reports` and otherwise left alone."""
+        reported once through :meth:`reports` and otherwise left alone.
+
+        Optional companion, for queues whose listing takes long:
+        ``pending_steps(limit, skip)`` yields ``None`` after each slice of work and
+        then the same messages in lists, oldest first; the supervisor takes one
+        step per pass so a long listing never stalls the workers (see
+        ``SpoolQueue.pending_steps``)."""
 
     def depth(self) -> int:
         """How many messages wait (a cheap count for ``qsup status``)."""
