@@ -456,7 +456,7 @@ class Supervisor:
         """Read workers' lines until one needs the loop (a batch ended, a worker
         exited) or a tick passed: progress lines alone do not run a whole pass."""
         timeout = TICK if (self.runs or self.canary_run) else min(self.config.poll_interval, 0.25)
-        if self._listing is not None:
+        if self._listing is not None and not self.stop:
             timeout = min(timeout, 0.005)  # the next slice of the listing is due
         if not self.fdmap:
             time.sleep(timeout)
