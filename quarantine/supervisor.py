@@ -375,8 +375,10 @@ class Supervisor:
         """Count what spares are for: a canary, or a worker replacing one that ended.
         The first start of the pool is not demand that recurs: counted, it made the
         first crash start a spare for every worker at once."""
-        if canary or self._ended_workers:
-            self._ended_workers = max(0, self._ended_workers - (not canary))
+        if canary:
+            self._fresh_taken.append(now)
+        elif self._ended_workers:
+            self._ended_workers -= 1
             self._fresh_taken.append(now)
 
     def _spares_wanted(self, now: float) -> int:
