@@ -185,15 +185,16 @@ class Supervisor:
         try:
             while True:
                 now = self.clock()
-                self._stop_tick(now)
+                stop = self.stop  # read once: a signal landing mid-pass is acted on next pass
+                self._stop_tick(now, stop)
                 ended = self._collect(now)
-                if self.stop:
+                if stop:
                     self._settle(ended, now)
                     if not self.runs and self.canary_run is None:
                         break
                 if self._reload_wanted:
                     self._do_reload()
-                if not self.stop:
+                if not stop:
                     self._refill(now, force=not follow and not self.buffer)
                     self._settle(ended, now, dispatch=True)
                     self._canary_tick(now)
@@ -222,11 +223,11 @@ class Supervisor:
             self._shutdown()
         return code
 
-    def _stop_tick(self, now: float) -> None:
-        if self.stop is Stop.WARM and self.stop_deadline == math.inf:
+    def _stop_tick(self, now: float, stop: Stop) -> None:
+        if stop is Stop.WARM and self.stop_deadline == math.inf:
             self.stop_deadline = now + self.config.grace
             log.info("warm stop: letting %d batch(es) finish (grace %.0fs)", len(self.runs), self.config.grace)
-        if self.stop is Stop.COLD or (self.stop and now >= self.stop_deadline):
+        if stop is Stop.COLD or (stop and now >= self.stop_deadline):
             for run in list(self.runs.values()) + ([self.canary_run] if self.canary_run else []):
                 run.proc.kill("stopped")
 
