@@ -112,10 +112,10 @@ def drive_qsup(spec: dict) -> dict:
         now = time.monotonic() - start
         if now - last[0] >= 0.1:  # what the supervisor is doing, 10 times a second
             last[0] = now
-            lanes = [r.batch.lane.value for r in s.runs.values()]
-            timeline.append([round(now, 2), len(lanes), lanes.count("suspect"), len(s.idle), len(s.buffer),
-                             sum(len(w.batch.ids) for w in s.suspects), len(s.awaiting),
-                             int(s.canary_run is not None), int(s.breaker.is_open), s.stats["delivered"],
+            lanes = [r.batch.lane.value for r in s.pool.runs.values()]
+            timeline.append([round(now, 2), len(lanes), lanes.count("suspect"), len(s.pool.idle),
+                             len(s.intake.buffer), s.isolation.suspect_ids, len(s.isolation.candidates),
+                             int(s.pool.canary is not None), int(s.env.is_open), s.stats["delivered"],
                              s.stats["crashes"]])
         if not stopped and now > limit:
             stopped.append(time.monotonic() - start)

@@ -63,10 +63,11 @@ def _display(sup, total: int):
     table.add_row("delivered", str(snap["delivered"]))
     table.add_row("quarantined", f"[red]{snap['quarantined']}[/]")
     table.add_row("worker crashes", str(snap["crashes"]))
-    table.add_row("in flight", f"{sum(len(r.batch.ids) for r in sup.runs.values())} in {len(sup.runs)} batch(es)")
-    table.add_row("suspects", str(sum(len(w.batch.ids) for w in sup.suspects) + len(sup.awaiting)))
-    state = sup.breaker.state.value
-    table.add_row("breaker", state if state == "closed" else f"[red]{state}: {sup.breaker.reason}[/]")
+    view = sup.snapshot(sup.clock())
+    table.add_row("in flight", f"{sum(w['size'] for w in view['workers'])} in {len(view['workers'])} batch(es)")
+    table.add_row("suspects", str(view["suspects"] + view["awaiting_canary"]))
+    state, reason = view["breaker"]["state"], view["breaker"]["reason"]
+    table.add_row("breaker", state if state == "closed" else f"[red]{state}: {reason}[/]")
     return table
 
 

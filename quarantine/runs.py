@@ -6,6 +6,7 @@ about messages. Time is passed in.
 
 from __future__ import annotations
 
+import math
 import signal
 from dataclasses import dataclass, field
 
@@ -34,11 +35,6 @@ class Run:
     verdicts: dict[str, str] = field(default_factory=dict)
     ignored: int = 0  # garbage, foreign IDs, over-long lines
     ended_batch: bool = False  # persistent: the end line arrived
-    last_line: float | None = None
-
-    @property
-    def ids(self) -> tuple[str, ...]:
-        return self.batch.ids
 
     def line(self, raw: bytes, now: float) -> None:
         """Take one status line; anything not about this batch is counted and dropped."""
@@ -60,7 +56,6 @@ class Run:
             self.ignored += 1
             return
         qid = args[0]
-        self.last_line = now
         self.deadline = now + self.timeout
         if verb == "begin":
             self.begun.append(qid)
@@ -68,9 +63,6 @@ class Run:
             self.done.add(qid)
             if len(args) > 1:
                 self.verdicts[qid] = " ".join(args[1:])[:200]
-
-    def finished(self) -> bool:
-        return self.ended_batch or self.proc.exit is not None
 
     def ending(self) -> tuple[Ending, dict]:
         """Classify how the run ended, with the details ``qsup show`` prints."""
@@ -106,3 +98,40 @@ class Run:
     def outcome(self) -> Outcome:
         ending, _ = self.ending()
         return Outcome(ending=ending, begun=tuple(self.begun), done=frozenset(self.done))
+
+    def ended(self, now: float) -> Ended:
+        """What the policy needs to judge this run, once it is over."""
+        _, detail = self.ending()
+        return Ended(self.batch_id, self.batch, self.fps, self.sizes, self.outcome(), detail,
+                     duration=now - self.started, stderr=self.proc.stderr_tail,
+                     verdicts=self.verdicts, fresh_start=self.started if self.first else -math.inf)
+
+
+@dataclass
+class Ended:
+    """A batch that ended, with what the policy needs to judge it."""
+
+    batch_id: str
+    batch: Batch
+    fps: dict[str, str]
+    sizes: dict[str, int]
+    outcome: Outcome
+    detail: dict
+    duration: float = 0.0
+    stderr: bytes = b""
+    verdicts: dict = field(default_factory=dict)
+    fresh_start: float = -math.inf  # when it started, if it was its worker's first batch
+
+
+def detail_text(detail: dict) -> str:
+    """A crash's details for a log line: signal, exit code, peak RSS, error."""
+    parts = []
+    if detail.get("signal"):
+        parts.append(detail["signal"])
+    if detail.get("exit_code") is not None:
+        parts.append(f"exit {detail['exit_code']}")
+    if detail.get("peak_rss"):
+        parts.append(f"peak RSS {detail['peak_rss'] // (1024 * 1024)} MB")
+    if detail.get("error"):
+        parts.append(detail["error"])
+    return f" ({', '.join(parts)})" if parts else ""

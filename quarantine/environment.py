@@ -1,0 +1,141 @@
+"""Is the environment sound? The breaker and the evidence that says so.
+
+A quarantine needs proof that the environment worked after the message crashed:
+a canary that passed, or a fresh worker's clean batch started after the crash.
+A canary that dies, or a worker that cannot start, opens the breaker instead, and
+the candidates' last strikes are forgiven. This module decides; it answers with a
+:class:`Proof` that the supervisor acts on (quarantine, forgive), and does no I/O
+beyond its log lines and the breaker events.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from dataclasses import dataclass
+
+from quarantine.breaker import Breaker
+from quarantine.config import Config
+from quarantine.events import Events
+from quarantine.policy import Ending
+from quarantine.runs import detail_text
+
+log = logging.getLogger("qsup")
+CANARY_WAIT = 1.0  # how long candidates wait for other proof before a canary runs
+
+
+@dataclass(frozen=True)
+class Proof:
+    """What an observation of the environment means for the candidates."""
+
+    confirm_before: float | None = None  # candidates that crashed at or before this go
+    forgive: bool = False  # the environment failed: candidates' last strike does not count
+
+
+NOTHING = Proof()
+
+
+class Environment:
+    def __init__(self, config: Config, events: Events, stats: Counter):
+        self.events, self.stats = events, stats
+        self.breaker = Breaker(config.storm_limit, config.storm_window)
+        self.last_pass = -math.inf  # when the last canary (or proof as good) started
+        self.failed_while_open = False  # a canary or a start failed since it last closed
+        self.streak = 0  # batches crashed in a row with no success between
+        self.streak_started = -math.inf
+        self._said = False
+        self.configure(config)
+
+    def configure(self, config: Config) -> None:
+        self.config = config
+        self.breaker.storm_limit, self.breaker.storm_window = config.storm_limit, config.storm_window
+
+    @property
+    def is_open(self) -> bool:
+        return self.breaker.is_open
+
+    # ------------------------------------------------------------ evidence
+    def batch_ended(self, ending: Ending, crashed: bool, now: float) -> None:
+        if ending is Ending.OK:
+            self.streak = 0
+        elif crashed:
+            if self.streak == 0:
+                self.streak_started = now
+            self.streak += 1
+
+    def healthy(self, started: float) -> None:
+        """A fresh worker (its first batch) given a batch at *started* scanned all of
+        it: what a canary passing then shows, that the environment works."""
+        if started > self.last_pass and not self.breaker.is_open:
+            self.last_pass = started
+
+    def canary_due(self, now: float, oldest_crash: float | None, flowing: bool) -> bool:
+        """Candidates wait for a canary, or for a fresh worker's good batch (the same
+        proof, for free) while traffic flows; when every run dies, ask early."""
+        if self.breaker.is_open:
+            return self.breaker.probe_due(now)
+        streak = self.streak >= max(3, self.config.workers)
+        waited = now - oldest_crash if oldest_crash is not None else 0.0
+        return (oldest_crash is not None and (waited >= CANARY_WAIT or not flowing)) or (
+            streak and self.streak_started > self.last_pass)
+
+    def canary_ended(self, started: float, ending: Ending, detail: dict, now: float) -> Proof:
+        if ending is Ending.STOPPED:
+            return NOTHING  # a planned kill (stop, reload) says nothing about the environment
+        if self.breaker.is_open and started < self.breaker.since:
+            return NOTHING  # began before the breaker opened: it proves nothing about why
+        if ending is not Ending.OK:
+            return self.canary_failed(f"{ending.value}{detail_text(detail)}", now)
+        self.last_pass = started
+        forgive = False
+        if self.breaker.is_open:
+            log.warning("breaker closed: the canary passed again after %.0fs (%s)",
+                        now - self.breaker.since, self.breaker.reason)
+            self.breaker.probe_passed(now)
+            self._said = False
+            self.events.breaker(state="closed", reason="canary passed")
+            # The environment failed (a canary, a worker that could not start) while
+            # it was open: candidates that crashed since crashed in a broken
+            # environment, and their last strike does not count.
+            forgive, self.failed_while_open = self.failed_while_open, False
+        return Proof(confirm_before=started, forgive=forgive)
+
+    def canary_failed(self, why: str, now: float) -> Proof:
+        self.stats["canary_failures"] += 1
+        self.failed_while_open = True
+        if self.breaker.is_open:
+            self.breaker.probe_failed(now)
+        elif self.breaker.trip(f"the canary failed too ({why}): the environment is at fault", now):
+            self._announce()
+        return Proof(forgive=True)
+
+    def cannot_start(self, why: str, said: str, now: float) -> Proof:
+        """A worker could not start (or died before reading anything)."""
+        self.failed_while_open = True
+        if self.breaker.trip(f"worker cannot start: {why}" + (f"; it said: {said[:200]}" if said else ""), now):
+            self._announce()
+        return Proof(forgive=True)
+
+    def solo_crash(self, key: str, now: float) -> None:
+        """A distinct message crashed alone: too many in a window is a storm."""
+        if self.breaker.solo_crash(key, now):
+            cfg = self.config
+            if self.breaker.storm(f"storm: more than {cfg.storm_limit} distinct messages crashed "
+                                  f"alone within {cfg.storm_window:.0f}s", now):
+                self._announce()
+
+    def gave_up(self, now: float) -> bool:
+        """Drain: the breaker has stayed open longer than max_wait."""
+        if not self.breaker.is_open or now - self.breaker.since < self.config.max_wait:
+            return False
+        log.error("breaker open for %.0fs (%s): giving up; nothing was quarantined because of it",
+                  now - self.breaker.since, self.breaker.reason)
+        return True
+
+    def _announce(self) -> None:
+        if not self._said:
+            self._said = True
+            log.error("breaker open: %s — nothing is quarantined or dispatched; probing with the "
+                      "canary", self.breaker.reason)
+            self.events.breaker(state="open", reason=self.breaker.reason)

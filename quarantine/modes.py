@@ -1,0 +1,147 @@
+"""How a scanner is run: one-shot (a process per batch, paths on its command line)
+or persistent (long-lived workers that read batches on stdin). Chosen once, from
+the scanner's ``mode``; the pool asks its mode instead of testing a string."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import TYPE_CHECKING
+
+from quarantine.backoff import respawn_delay
+from quarantine.policy import Batch, suspect_slots
+from quarantine.process import SpawnError, WorkerProcess
+
+if TYPE_CHECKING:
+    from quarantine.pool import WorkerPool
+
+
+class OneShot:
+    """A fresh process per batch: every batch pays a start-up, so a crashed batch is
+    bisected (fewest runs: ⌈log₂ n⌉ + K crashes per poison message)."""
+
+    persistent = False
+
+    def argv(self, command: list[str], paths: list[str]) -> list[str]:
+        return command + paths
+
+    def environment(self) -> dict[str, str]:
+        return {}
+
+    def split(self, batch: Batch) -> int:
+        return 2
+
+    def acquire(self, pool: WorkerPool, batch_id: str, paths: list[str], now: float,
+                fresh: bool) -> WorkerProcess:
+        return pool.spawn(batch_id, paths, now)
+
+    def hand(self, proc: WorkerProcess, batch_id: str, ids: tuple[str, ...], paths: list[str]) -> None:
+        """The batch is on its command line already."""
+
+    def keep_spares(self, pool: WorkerPool, now: float) -> None:
+        """A one-shot worker cannot be started ahead: its argv is the batch."""
+
+    def worker_ended(self) -> None:
+        pass
+
+    def batch_ok(self) -> None:
+        pass
+
+    def spare_died(self, now: float) -> None:
+        pass
+
+
+class Persistent:
+    """Long-lived workers reused across batches, with spares started ahead so a
+    crash or a canary does not wait for a start-up. A crash costs a new worker while
+    another batch costs little: a blind crash sends every suspect alone (1 + K)."""
+
+    persistent = True
+
+    def __init__(self) -> None:
+        self.fresh_taken: deque[float] = deque()  # when a fresh worker was taken for demand
+        self.ended = 0  # workers gone (crash, recycle) and not yet replaced
+        self.deaths = 0  # spares that died idle since the last good batch
+        self.after = -math.inf  # no spare is started before this time
+
+    def argv(self, command: list[str], paths: list[str]) -> list[str]:
+        return command
+
+    def environment(self) -> dict[str, str]:
+        return {"QSUP_PERSISTENT": "1"}
+
+    def split(self, batch: Batch) -> int:
+        return len(batch.ids)
+
+    def acquire(self, pool: WorkerPool, batch_id: str, paths: list[str], now: float,
+                fresh: bool) -> WorkerProcess:
+        """Warm workers first; a spare (never used) when a fresh one is wanted; among
+        spares, one that has finished starting up."""
+        if pool.idle:
+            best = min(pool.idle, key=lambda p: ((p.batches == 0) != fresh, not p.ready))
+            if not fresh or best.batches == 0:
+                pool.idle.remove(best)
+                if best.batches == 0:
+                    self._took_fresh(now, fresh)
+                    pool.stats["spares_taken" if best.ready else "spares_taken_starting"] += 1
+                return best
+        self._took_fresh(now, fresh)
+        pool.stats["started_on_demand"] += 1
+        return pool.spawn(batch_id, paths, now)
+
+    def hand(self, proc: WorkerProcess, batch_id: str, ids: tuple[str, ...], paths: list[str]) -> None:
+        lines = [f"batch {batch_id} {len(paths)}\n"] + [f"{q} {p}\n" for q, p in zip(ids, paths)]
+        proc.batches += 1
+        proc.send("".join(lines))  # a dead worker shows up as an exit in the loop
+
+    def _took_fresh(self, now: float, canary: bool) -> None:
+        """Count what spares are for: a canary, or a worker replacing one that ended.
+        The first start of the pool is not demand that recurs: counted, it made the
+        first crash start a spare for every worker at once."""
+        if canary:
+            self.fresh_taken.append(now)
+        elif self.ended:
+            self.ended -= 1
+            self.fresh_taken.append(now)
+
+    def wanted(self, pool: WorkerPool, now: float) -> int:
+        """Enough spares to cover what crashes and canaries take during one start-up
+        (both measured over the last minute), and at least a quarter of the workers
+        plus one; never more than the workers."""
+        while self.fresh_taken and self.fresh_taken[0] < now - 60:
+            self.fresh_taken.popleft()
+        span = min(60.0, max(now - pool.started, 1.0))
+        rate = len(self.fresh_taken) / span
+        workers = pool.config.workers
+        base = suspect_slots(workers, True) + 1
+        return max(base, min(workers, math.ceil(rate * pool.startup * 1.5) + 1))
+
+    def keep_spares(self, pool: WorkerPool, now: float) -> None:
+        """Keep `spare_workers` fresh workers started ahead, backing off when they die
+        on their own (a broken environment must not spin)."""
+        if now < self.after:
+            return
+        wanted = pool.config.spare_workers
+        if wanted is None:
+            wanted = self.wanted(pool, now)
+        while sum(1 for p in pool.idle if p.batches == 0) < wanted:
+            try:
+                pool.idle.append(pool.spawn("spare", [], now))
+            except SpawnError:
+                self.spare_died(now)
+                return
+
+    def worker_ended(self) -> None:
+        self.ended += 1
+
+    def batch_ok(self) -> None:
+        self.deaths = 0
+
+    def spare_died(self, now: float) -> None:
+        """A worker died without a batch: do not start another at once."""
+        self.deaths += 1
+        self.after = now + respawn_delay(self.deaths)
+
+
+def mode_for(scanner_mode: str) -> OneShot | Persistent:
+    return Persistent() if scanner_mode == "persistent" else OneShot()
