@@ -16,6 +16,10 @@ A message's life, on one screen::
                          STRUCK ──strike K, canary passes──▶ QUARANTINED
                                                                  │ release
                                             QUEUED ◀─────────────┘
+
+The states are not kept as values: a message's state is where qsup holds it (the
+intake's buffer, a run of the pool, isolation's suspects and candidates, a
+quarantine record), and each arrow is one of the decisions below.
 """
 
 from __future__ import annotations
@@ -23,25 +27,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-
-
-class State(StrEnum):
-    QUEUED = "queued"
-    IN_FLIGHT = "in_flight"
-    SUSPECT = "suspect"
-    STRUCK = "struck"
-    QUARANTINED = "quarantined"
-    DELIVERED = "delivered"
-
-
-TRANSITIONS: dict[State, frozenset[State]] = {
-    State.QUEUED: frozenset({State.IN_FLIGHT}),
-    State.IN_FLIGHT: frozenset({State.DELIVERED, State.QUEUED, State.SUSPECT, State.STRUCK}),
-    State.SUSPECT: frozenset({State.IN_FLIGHT}),
-    State.STRUCK: frozenset({State.IN_FLIGHT, State.QUARANTINED}),
-    State.QUARANTINED: frozenset({State.QUEUED}),
-    State.DELIVERED: frozenset(),
-}
 
 
 class Ending(StrEnum):

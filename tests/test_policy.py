@@ -9,14 +9,12 @@ from hypothesis import strategies as st
 
 from quarantine.policy import (
     CRASHES,
-    TRANSITIONS,
     Batch,
     Decision,
     Ending,
     Hunts,
     Lane,
     Outcome,
-    State,
     decide,
     suspect_slots,
 )
@@ -168,8 +166,3 @@ def test_unexplained_crash_when_both_halves_pass():
     a, b = d2.retry
     assert hunts.finish(a, crashed=True) is None and hunts.finish(b, crashed=False) is None
     assert not hunts.open
-
-
-def test_state_transitions_are_on_one_screen():
-    assert State.QUARANTINED in TRANSITIONS[State.STRUCK]
-    assert not TRANSITIONS[State.DELIVERED]
