@@ -16,9 +16,38 @@ import time
 import pytest
 from conftest import DEMO, assert_conserved
 
+from quarantine.errors import StateError
+from quarantine.store import Store
+
 pytestmark = pytest.mark.timeout(600)
 
 MESSAGES, POISON, KILLS = 5000, 12, 10
+
+
+def in_flight_by(state, pid: int) -> bool:
+    """Whether qsup *pid* has recorded a batch in flight. Records left by the qsup
+    killed before it stay in `batches` until its recovery clears them: they are
+    not this one's, so only records naming *pid* count."""
+    if not os.path.exists(os.path.join(state, "data.mdb")):
+        return False  # the first round: the state does not exist yet
+    try:
+        store = Store(str(state), readonly=True)
+    except StateError:
+        return False  # created, but its databases are not yet
+    try:
+        with store.read() as r:
+            return any(rec.get("qsup") == pid for _, rec in r.items("batches"))
+    finally:
+        store.close()
+
+
+def wait_in_flight(qsup, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Until the drain has a batch in flight or has exited: a kill before its first
+    batch would test nothing, and a slow machine can spend a second getting there."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and not in_flight_by(qsup.state, proc.pid):
+        assert time.monotonic() < deadline, f"no batch in flight after {timeout:.0f}s"
+        time.sleep(0.01)
 
 
 def test_kill_dash_nine_at_random_moments(qsup, make_spool):
@@ -33,6 +62,7 @@ def test_kill_dash_nine_at_random_moments(qsup, make_spool):
     kills = 0
     while kills < KILLS:
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        wait_in_flight(qsup, proc)
         time.sleep(rng.uniform(0.2, 1.2))
         if proc.poll() is not None:
             break  # drained before the kill: nothing left to break
