@@ -185,3 +185,27 @@ def test_socket_in_incoming_is_reported(qsup, make_spool):
     finally:
         sock.close()
     assert proc.returncode == 0 and "SOCK1" in proc.stderr and "socket" in proc.stderr
+
+
+def test_every_config_key_is_a_flag_and_a_config_attribute(tmp_path):
+    import dataclasses
+
+    from click.testing import CliRunner
+
+    from quarantine.cli import cli
+    from quarantine.config import BY_NAME, FIELDS, Config, load
+
+    assert [f.name for f in FIELDS] == [f.name for f in dataclasses.fields(Config)][:-2]
+    assert list(BY_NAME) == [f.name for f in FIELDS]
+    assert {f.type for f in FIELDS} == {str, int, float}
+    help_text = CliRunner().invoke(cli, ["drain", "--help"], terminal_width=200).output
+    for f in FIELDS:
+        assert "--" + (f.flag or f.name.replace("_", "-")) in help_text
+    path = tmp_path / "qsup.toml"
+    path.write_text('workers = 3\ntimeout = 2\n[plugin.x]\nk = "v"\n')
+    config = load(str(path), {"batch_size": 7})
+    assert (config.workers, config.timeout, config.batch_size, config.strikes) == (3, 2.0, 7, 2)
+    changed = dataclasses.replace(config, strikes=5)
+    assert changed.strikes == 5 and changed.plugin_options("x") == {"k": "v"} and changed.source == str(path)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.workers = 1  # type: ignore[misc]
