@@ -209,3 +209,19 @@ def test_every_config_key_is_a_flag_and_a_config_attribute(tmp_path):
     assert changed.strikes == 5 and changed.plugin_options("x") == {"k": "v"} and changed.source == str(path)
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.workers = 1  # type: ignore[misc]
+
+
+def test_the_demo_display_is_drawn_from_the_snapshot_alone():
+    from rich.console import Console
+
+    from quarantine.demo import progress_table
+
+    snap = {"workers": [{"size": 20}, {"size": 1}], "suspects": 3, "awaiting_canary": 1,
+            "breaker": {"state": "open", "reason": "canary died"},
+            "counters": {"delivered": 40, "crashes": 5}}  # a Counter's zeros are absent
+    console = Console(width=100, record=True, color_system=None)
+    console.print(progress_table(snap, 100))
+    text = console.export_text()
+    for row in ("40/100", "delivered │ 40 ", "quarantined │ 0 ", "worker crashes │ 5 ",
+                "in flight │ 21 in 2 batch(es)", "suspects │ 4 ", "breaker │ open: canary died"):
+        assert row in text, (row, text)
