@@ -12,8 +12,8 @@ mode ("persistent" | "oneshot"), time_limit, and
   qsup:  state (LMDB directory), config (extra qsup config keys), profile (bool)
 
 qsup is run through its real code path: the Supervisor is built by
-quarantine.cli._build exactly as `qsup drain` builds it, with the same signal
-handling; the only addition is an on_tick hook that asks for a cold stop once
+quarantine.app.build_supervisor exactly as `qsup drain` builds it, with the same
+signal handling; the only addition is an on_tick hook that asks for a cold stop once
 the time limit has passed. Delivery times come from qsup's own LMDB records:
 ``done`` (``{"t": wall time}``, written when the message was moved to outgoing/)
 and ``quarantine`` (``when``).
@@ -89,22 +89,22 @@ def drive_pool(spec: dict) -> dict:
 def drive_qsup(spec: dict) -> dict:
     import logging
 
-    from quarantine.cli import Ctx, _build, _setup_logging, _signals
+    from quarantine.app import build_supervisor, handle_signals, setup_logging
     from quarantine.config import load
 
     overrides = {"spool": spec["spool"], "worker": shlex.join(spec["worker"]),
                  "worker_mode": spec["mode"], "workers": spec["workers"],
                  "batch_size": spec["batch_size"], "log_level": "warning", **spec.get("config", {})}
     config = load(None, overrides)
-    _setup_logging(config.log_level)
+    setup_logging(config.log_level)
     lines = io.StringIO()
     counter = logging.StreamHandler(lines)
     counter.setFormatter(logging.Formatter("%(message)s"))
     logging.getLogger("qsup").addHandler(counter)
     rss = RssSampler()
     rss_before = rss.current()
-    sup, store = _build(Ctx(None, spec["state"]), config, "drain")
-    _signals(sup)
+    sup, store = build_supervisor(spec["state"], config, "drain")
+    handle_signals(sup)
     limit, start = spec["time_limit"], time.monotonic()
     stopped, timeline, last = [], [], [-1.0]
 

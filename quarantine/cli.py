@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import sys
-from datetime import datetime
 
 import click
 
 from quarantine import ops, pm
+from quarantine.app import build_supervisor, handle_signals, setup_logging
 from quarantine.config import (
     BY_NAME,
     FIELDS,
@@ -20,8 +19,9 @@ from quarantine.config import (
     find_config,
     load,
 )
-from quarantine.errors import EXIT_OK, ConfigError, NotFound, QsupError
+from quarantine.errors import EXIT_OK, NotFound, QsupError
 from quarantine.store import Store
+from quarantine.views import format_size, format_when, format_why, quarantine_table
 
 log = logging.getLogger("qsup")
 
@@ -71,22 +71,6 @@ def _overrides(kwargs: dict) -> dict:
     return out
 
 
-def _setup_logging(level: str, rich_console=None) -> None:
-    root = logging.getLogger("qsup")
-    root.handlers.clear()
-    if rich_console is not None:
-        from rich.logging import RichHandler
-
-        handler = RichHandler(console=rich_console, show_path=False, show_time=False)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("qsup: %(levelname)s: %(message)s"))
-    root.addHandler(handler)
-    root.setLevel(level.upper())
-    root.propagate = False
-
-
 @click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="TOML configuration file.")
@@ -105,46 +89,6 @@ def cli(ctx, config_path, state):
 
 
 # --------------------------------------------------------------------- running
-def _build(ctx: Ctx, config: Config, mode: str, adopt: bool = True):
-    from quarantine.supervisor import Supervisor
-
-    plugins = pm.build()
-    queues, scanners = plugins.queue_types(), plugins.scanner_types()
-    if config.queue not in queues:
-        raise ConfigError(f"queue: unknown kind {config.queue!r} (known: {', '.join(sorted(queues))})")
-    if config.scanner not in scanners:
-        raise ConfigError(f"scanner: unknown kind {config.scanner!r} (known: {', '.join(sorted(scanners))})")
-    store = Store(ctx.state, map_mb=config.map_size_mb)
-    try:
-        queue = queues[config.queue](config)
-        scanner = scanners[config.scanner](config)
-    except OSError as exc:
-        store.close()
-        raise ConfigError(f"queue {config.queue}: {exc.strerror or exc}: {exc.filename or ''}")
-    except Exception:
-        store.close()
-        raise
-    if adopt:
-        from quarantine.process import become_subreaper
-
-        adopt = become_subreaper()
-    sup = Supervisor(config, store, queue, scanner, plugins.hook, state_dir=ctx.state,
-                     adopt_orphans=adopt, mode=mode)
-    sup.make_scanner = lambda cfg: scanners[cfg.scanner](cfg)
-    return sup, store
-
-
-def _signals(sup, reload_from=None) -> None:
-    def stop(signum, frame):
-        sup.request_stop()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    if reload_from is not None:
-        sup.reload = reload_from
-        signal.signal(signal.SIGHUP, lambda s, f: sup.request_reload())
-
-
 def _print_summary(summary: dict, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(summary, indent=2, sort_keys=True))
@@ -163,10 +107,10 @@ def _print_summary(summary: dict, as_json: bool) -> None:
 def drain(ctx: Ctx, as_json: bool, **kwargs):
     """Process everything now in the queue, then exit."""
     config = ctx.config(_overrides(kwargs))
-    _setup_logging(config.log_level)
-    sup, store = _build(ctx, config, "drain")
+    setup_logging(config.log_level)
+    sup, store = build_supervisor(ctx.state, config, "drain")
     try:
-        _signals(sup)
+        handle_signals(sup)
         code = sup.serve(follow=False)
         _print_summary(sup.summary(), as_json)
     finally:
@@ -186,10 +130,10 @@ def run(ctx: Ctx, **kwargs):
     """
     overrides = _overrides(kwargs)
     config = ctx.config(overrides)
-    _setup_logging(config.log_level)
-    sup, store = _build(ctx, config, "run")
+    setup_logging(config.log_level)
+    sup, store = build_supervisor(ctx.state, config, "run")
     try:
-        _signals(sup, reload_from=lambda: ctx.config(overrides))
+        handle_signals(sup, reload_from=lambda: ctx.config(overrides))
         where = config.spool if config.queue == "spool" else f"the {config.queue} queue"
         log.info("watching %s with %d worker(s) (%s)", where, config.workers, config.source)
         code = sup.serve(follow=True)
@@ -202,41 +146,6 @@ def run(ctx: Ctx, **kwargs):
 # ------------------------------------------------------------------ inspecting
 def _open_read(ctx: Ctx) -> Store:
     return Store(ctx.state, readonly=True)
-
-
-def _when(ts: float | None) -> str:
-    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
-def _why(rec: dict) -> str:
-    why = rec.get("why", "?")
-    if rec.get("signal"):
-        why += f" ({rec['signal']})"
-    elif rec.get("exit_code") is not None:
-        why += f" (exit {rec['exit_code']})"
-    if why.startswith("memory") and rec.get("peak_rss"):
-        why += f" peak {_size(rec['peak_rss'])}"
-    return why
-
-
-def quarantine_table(rows: list[dict]):
-    from rich.table import Table
-
-    table = Table(title=f"Quarantine ({len(rows)})", title_justify="left")
-    for col in ("ID", "when", "why", "strikes", "size", "sender", "subject"):
-        table.add_column(col, overflow="fold")
-    for rec in rows:
-        table.add_row(rec["qid"], _when(rec.get("when")), _why(rec), str(rec.get("strikes", "?")),
-                      _size(rec.get("size", 0)), rec.get("sender", ""), rec.get("subject", ""))
-    return table
 
 
 @cli.command("list", epilog=EPILOG)
@@ -280,10 +189,10 @@ def show(ctx: Ctx, qid: str, as_json: bool):
         state = "quarantined" if item["quarantined"] else "not quarantined"
         click.echo(f"{qid}  [{state}]  fingerprint {item['key'].split(':', 1)[1]}")
         if rec:
-            click.echo(f"  when     {_when(rec.get('when'))}")
-            click.echo(f"  why      {_why(rec)}")
+            click.echo(f"  when     {format_when(rec.get('when'))}")
+            click.echo(f"  why      {format_why(rec)}")
             click.echo(f"  strikes  {rec.get('strikes')}")
-            click.echo(f"  size     {_size(rec.get('size', 0))}")
+            click.echo(f"  size     {format_size(rec.get('size', 0))}")
             click.echo(f"  file     {rec.get('queue', '?')}: quarantine/{rec.get('name', qid)}")
             click.echo(f"  path     bisection {' -> '.join(rec.get('path') or ['-'])}")
         for key, label in (("attempts_total", "attempts"), ("unexplained", "unexplained"),
@@ -295,8 +204,8 @@ def show(ctx: Ctx, qid: str, as_json: bool):
             click.echo(f"  attempts (last {len(attempts)}):")
         for a in attempts:
             code = a.get("signal") or (f"exit {a['exit_code']}" if a.get("exit_code") is not None else "")
-            click.echo(f"    {_when(a.get('when'))}  batch of {a.get('size')}  pid {a.get('pid', '-')}  "
-                       f"{a.get('ending')} {code}  peak RSS {_size(a.get('peak_rss') or 0)}  "
+            click.echo(f"    {format_when(a.get('when'))}  batch of {a.get('size')}  pid {a.get('pid', '-')}  "
+                       f"{a.get('ending')} {code}  peak RSS {format_size(a.get('peak_rss') or 0)}  "
                        f"{a.get('duration', 0):.2f}s  path {'/'.join(a.get('path') or [])}"
                        f"{'  STRIKE' if a.get('strike') else ''}")
             tail = (a.get("stderr") or "").strip().splitlines()[-3:]
@@ -383,11 +292,11 @@ def status(ctx: Ctx, as_json: bool):
         click.echo(json.dumps(out, indent=2, sort_keys=True))
         return
     click.echo(f"qsup: {'running, pid ' + str(holder) if holder else 'not running'}"
-               f" (status of {_when(snap.get('updated'))})")
+               f" (status of {format_when(snap.get('updated'))})")
     br = snap.get("breaker") or {}
     line = f"breaker: {br.get('state', '?')}"
     if br.get("state") == "open":
-        line += f" since {_when(br.get('since_wall'))}: {br.get('reason')}"
+        line += f" since {format_when(br.get('since_wall'))}: {br.get('reason')}"
     click.echo(line)
     click.echo(f"queue depth: {snap.get('queue_depth', '?')}, suspects: {snap.get('suspects', 0)}, "
                f"awaiting canary: {snap.get('awaiting_canary', 0)}, quarantined: {quarantined}, "
@@ -401,7 +310,7 @@ def status(ctx: Ctx, as_json: bool):
     if counters:
         click.echo("counters: " + ", ".join(f"{k} {v}" for k, v in sorted(counters.items())))
     if recovery:
-        click.echo(f"last recovery at {_when(recovery.get('at'))}: {recovery.get('why', '')}; "
+        click.echo(f"last recovery at {format_when(recovery.get('at'))}: {recovery.get('why', '')}; "
                    f"{recovery.get('messages', 0)} message(s) in {recovery.get('batches', 0)} batch(es), "
                    f"{recovery.get('intents', 0)} interrupted move(s) finished, "
                    f"{recovery.get('killed_workers', 0)} stale worker(s) killed")

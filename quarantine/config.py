@@ -1,8 +1,9 @@
 """Configuration: built-in defaults < TOML file < command-line flags.
 
-Every key is listed once in FIELDS with its type, default and help; the CLI makes a
-flag of each, and a file with a wrong type, an unknown key or a negative number is
-refused with a one-line message naming the key (exit 2).
+Every key is declared once, as an attribute of Config with its type, default and
+help (_key()); FIELDS lists them for the rest of qsup. The CLI makes a flag of each,
+and a file with a wrong type, an unknown key or a negative number is refused with a
+one-line message naming the key (exit 2).
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import os
 import shlex
 import sys
 import tomllib
-from dataclasses import dataclass, field
+import typing
+from dataclasses import dataclass, field, fields
+from types import NoneType
 from typing import Any
 
 from quarantine.errors import ConfigError
@@ -37,85 +40,74 @@ class Field:
     optional: bool = False  # may be unset (None)
 
 
-FIELDS: tuple[Field, ...] = (
-    Field("queue", str, "spool", "Queue kind (a plugin name): 'spool' is built in."),
-    Field("scanner", str, "command", "Scanner kind (a plugin name): 'command' runs --worker."),
-    Field("spool", str, None, "Spool directory (incoming/, outgoing/, quarantine/, tmp/). "
-          "Default /var/spool/qsup as root, else ./spool.", optional=True),
-    Field("worker", str, None, "Worker command, split like a shell would but never run "
-          "through one; message paths are appended. Default: the bundled demo scanner.",
-          optional=True),
-    Field("worker_mode", str, "oneshot", "'oneshot': a process per batch; 'persistent': "
-          "long-lived workers read batches on stdin.", choices=("oneshot", "persistent")),
-    Field("workers", int, 5, "Worker processes at once.", minimum=1),
-    Field("batch_size", int, 30, "Messages per batch.", minimum=1),
-    Field("timeout", float, 30.0, "Seconds allowed per message (from the last progress "
-          "line when the worker writes them)."),
-    Field("startup_allowance", float, 10.0, "Seconds added to each batch deadline for start-up."),
-    Field("max_rss_mb", int, None, "Kill a worker whose process tree's RSS passes this many MB "
-          "(ending 'memory').", flag="max-rss", minimum=1, optional=True),
-    Field("rlimit_as_mb", int, None, "Optional hard ceiling: RLIMIT_AS for each worker, in MB.",
-          minimum=1, optional=True),
-    Field("rss_interval", float, 0.05, "Seconds between RSS samples of each worker."),
-    Field("strikes", int, 2, "Solo crashes before a message is quarantined.", minimum=1),
-    Field("max_wait", float, 600.0, "Seconds drain waits with the breaker open before it "
-          "gives up (exit 3)."),
-    Field("storm_limit", int, 10, "More distinct messages than this crashing alone within "
-          "storm_window open the breaker.", minimum=1),
-    Field("storm_window", float, 600.0, "Seconds of the storm window."),
-    Field("canary", str, None, "Known-good message run alone before any quarantine. "
-          "Default: a built-in minimal RFC 5322 message.", optional=True),
-    Field("poll_interval", float, 1.0, "Seconds between looks at the queue when idle."),
-    Field("grace", float, 30.0, "Seconds a warm stop lets in-flight batches finish."),
-    Field("spare_workers", int, None, "Persistent mode: workers started ahead, so a crash or "
-          "a canary run does not wait for a worker's start-up. Default: started once something "
-          "has crashed, as many as crashes and canaries took over the last minute during one "
-          "start-up, at least a quarter of the workers plus one.", minimum=0, optional=True),
-    Field("recycle_batches", int, 1000, "Persistent workers are replaced after this many "
-          "batches.", minimum=1),
-    Field("recycle_rss_mb", int, None, "Persistent workers are replaced when their RSS "
-          "passes this many MB between batches.", minimum=1, optional=True),
-    Field("history", int, 10, "Attempts kept per message (older ones are counted only).",
-          minimum=1),
-    Field("recovery_solo_after", int, 2, "After a restart, an ID found in flight this many "
-          "times runs alone.", minimum=1),
-    Field("map_size_mb", int, 1024, "Size of the LMDB map.", minimum=1),
-    Field("done_retention_hours", float, 168.0, "Completion records older than this are "
-          "pruned, so the state does not grow with the mail ever handled."),
-    Field("log_level", str, "info", "Log level.", choices=("debug", "info", "warning", "error")),
-)
-BY_NAME = {f.name: f for f in FIELDS}
+_KEY = "qsup.config"  # where _key() keeps the rest of a Field in a dataclass field's metadata
+
+
+def _key(default: Any, help: str, *, flag: str = "", minimum: float | None = 0,
+        choices: tuple[str, ...] = (), optional: bool = False) -> Any:
+    """Declare a config key as a field of Config: its name and type come from the
+    attribute, the rest of its Field from here. The field has no default of its
+    own: load() fills in every key."""
+    spec = {"default": default, "help": help, "flag": flag, "minimum": minimum,
+            "choices": choices, "optional": optional}
+    return field(metadata={_KEY: spec})
 
 
 @dataclass(frozen=True)
 class Config:
-    queue: str
-    scanner: str
-    spool: str
-    worker: str
-    worker_mode: str
-    workers: int
-    batch_size: int
-    timeout: float
-    startup_allowance: float
-    max_rss_mb: int | None
-    rlimit_as_mb: int | None
-    rss_interval: float
-    strikes: int
-    max_wait: float
-    storm_limit: int
-    storm_window: float
-    canary: str | None
-    poll_interval: float
-    grace: float
-    spare_workers: int | None
-    recycle_batches: int
-    recycle_rss_mb: int | None
-    history: int
-    recovery_solo_after: int
-    map_size_mb: int
-    done_retention_hours: float
-    log_level: str
+    """The configuration. Every key is declared once, here, with _key(); FIELDS and
+    BY_NAME are read from these declarations."""
+
+    queue: str = _key("spool", "Queue kind (a plugin name): 'spool' is built in.")
+    scanner: str = _key("command", "Scanner kind (a plugin name): 'command' runs --worker.")
+    spool: str = _key(None, "Spool directory (incoming/, outgoing/, quarantine/, tmp/). "
+                      "Default /var/spool/qsup as root, else ./spool.", optional=True)
+    worker: str = _key(None, "Worker command, split like a shell would but never run through "
+                       "one; message paths are appended. Default: the bundled demo scanner.",
+                       optional=True)
+    worker_mode: str = _key("oneshot", "'oneshot': a process per batch; 'persistent': "
+                            "long-lived workers read batches on stdin.",
+                            choices=("oneshot", "persistent"))
+    workers: int = _key(5, "Worker processes at once.", minimum=1)
+    batch_size: int = _key(30, "Messages per batch.", minimum=1)
+    timeout: float = _key(30.0, "Seconds allowed per message (from the last progress line "
+                          "when the worker writes them).")
+    startup_allowance: float = _key(10.0, "Seconds added to each batch deadline for start-up.")
+    max_rss_mb: int | None = _key(None, "Kill a worker whose process tree's RSS passes this "
+                                  "many MB (ending 'memory').", flag="max-rss", minimum=1,
+                                  optional=True)
+    rlimit_as_mb: int | None = _key(None, "Optional hard ceiling: RLIMIT_AS for each worker, "
+                                    "in MB.", minimum=1, optional=True)
+    rss_interval: float = _key(0.05, "Seconds between RSS samples of each worker.")
+    strikes: int = _key(2, "Solo crashes before a message is quarantined.", minimum=1)
+    max_wait: float = _key(600.0, "Seconds drain waits with the breaker open before it gives "
+                           "up (exit 3).")
+    storm_limit: int = _key(10, "More distinct messages than this crashing alone within "
+                            "storm_window open the breaker.", minimum=1)
+    storm_window: float = _key(600.0, "Seconds of the storm window.")
+    canary: str | None = _key(None, "Known-good message run alone before any quarantine. "
+                              "Default: a built-in minimal RFC 5322 message.", optional=True)
+    poll_interval: float = _key(1.0, "Seconds between looks at the queue when idle.")
+    grace: float = _key(30.0, "Seconds a warm stop lets in-flight batches finish.")
+    spare_workers: int | None = _key(None, "Persistent mode: workers started ahead, so a crash "
+                                     "or a canary run does not wait for a worker's start-up. "
+                                     "Default: started once something has crashed, as many as "
+                                     "crashes and canaries took over the last minute during one "
+                                     "start-up, at least a quarter of the workers plus one.",
+                                     minimum=0, optional=True)
+    recycle_batches: int = _key(1000, "Persistent workers are replaced after this many "
+                                "batches.", minimum=1)
+    recycle_rss_mb: int | None = _key(None, "Persistent workers are replaced when their RSS "
+                                      "passes this many MB between batches.", minimum=1,
+                                      optional=True)
+    history: int = _key(10, "Attempts kept per message (older ones are counted only).",
+                        minimum=1)
+    recovery_solo_after: int = _key(2, "After a restart, an ID found in flight this many "
+                                    "times runs alone.", minimum=1)
+    map_size_mb: int = _key(1024, "Size of the LMDB map.", minimum=1)
+    done_retention_hours: float = _key(168.0, "Completion records older than this are pruned, "
+                                       "so the state does not grow with the mail ever handled.")
+    log_level: str = _key("info", "Log level.", choices=("debug", "info", "warning", "error"))
     plugin: dict = field(default_factory=dict)  # [plugin.NAME] tables: NAME -> {key: value}
     source: str = "built-in defaults"
 
@@ -133,6 +125,23 @@ class Config:
         if not argv:
             raise ConfigError("worker: empty command")
         return argv
+
+
+def _fields() -> tuple[Field, ...]:
+    hints = typing.get_type_hints(Config)
+    out = []
+    for f in fields(Config):
+        if _KEY not in f.metadata:
+            continue  # plugin, source: not keys of the [qsup] table
+        kinds = [t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if t is not NoneType]
+        if len(kinds) != 1 or kinds[0] not in (str, int, float):
+            raise TypeError(f"config key {f.name}: type must be str, int or float (or | None)")
+        out.append(Field(f.name, kinds[0], **f.metadata[_KEY]))
+    return tuple(out)
+
+
+FIELDS: tuple[Field, ...] = _fields()
+BY_NAME = {f.name: f for f in FIELDS}
 
 
 def check(name: str, value: Any, where: str) -> Any:

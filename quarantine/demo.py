@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import signal
 import tempfile
 import time
 
@@ -50,24 +49,27 @@ def build_spool(root: str, count: int, poison: dict[int, str], start: float | No
     return ids
 
 
-def _display(sup, total: int):
+def progress_table(snap: dict, total: int):
+    """The live table, from a Supervisor.snapshot()."""
     from rich.table import Table
 
-    snap = sup.stats
+    counts = snap["counters"]
+    delivered, quarantined = counts.get("delivered", 0), counts.get("quarantined", 0)
     table = Table(title="qsup demo: draining", title_justify="left", show_header=False)
     table.add_column(justify="right")
     table.add_column()
-    done = snap["delivered"] + snap["quarantined"]
+    done = delivered + quarantined
     bar = int(30 * done / max(total, 1))
     table.add_row("progress", f"[green]{'█' * bar}[/]{'░' * (30 - bar)} {done}/{total}")
-    table.add_row("delivered", str(snap["delivered"]))
-    table.add_row("quarantined", f"[red]{snap['quarantined']}[/]")
-    table.add_row("worker crashes", str(snap["crashes"]))
-    view = sup.snapshot(sup.clock())
-    table.add_row("in flight", f"{sum(w['size'] for w in view['workers'])} in {len(view['workers'])} batch(es)")
-    table.add_row("suspects", str(view["suspects"] + view["awaiting_canary"]))
-    state, reason = view["breaker"]["state"], view["breaker"]["reason"]
-    table.add_row("breaker", state if state == "closed" else f"[red]{state}: {reason}[/]")
+    table.add_row("delivered", str(delivered))
+    table.add_row("quarantined", f"[red]{quarantined}[/]")
+    table.add_row("worker crashes", str(counts.get("crashes", 0)))
+    workers = snap["workers"]
+    table.add_row("in flight", f"{sum(w['size'] for w in workers)} in {len(workers)} batch(es)")
+    table.add_row("suspects", str(snap["suspects"] + snap["awaiting_canary"]))
+    breaker = snap["breaker"]
+    state = breaker["state"]
+    table.add_row("breaker", state if state == "closed" else f"[red]{state}: {breaker['reason']}[/]")
     return table
 
 
@@ -75,8 +77,10 @@ def run_demo(count: int, keep: str | None) -> int:
     from rich.console import Console
     from rich.live import Live
 
-    from quarantine.cli import Ctx, _build, _setup_logging, quarantine_table
+    # here, not at the top: tests and benchmarks import build_spool() without all of qsup
+    from quarantine.app import build_supervisor, handle_signals, setup_logging
     from quarantine.ops import records
+    from quarantine.views import quarantine_table
 
     console = Console()
     base = keep or tempfile.mkdtemp(prefix="qsup-demo-")
@@ -93,16 +97,18 @@ def run_demo(count: int, keep: str | None) -> int:
         "workers": 4, "batch_size": 20, "timeout": 2.0, "startup_allowance": 3.0,
         "max_rss_mb": 300, "storm_limit": 50, "max_wait": 30.0, "log_level": "warning",
     })
-    _setup_logging(config.log_level, rich_console=console)
-    ctx = Ctx(None, state)
-    sup, store = _build(ctx, config, "demo")
-    signal.signal(signal.SIGINT, lambda s, f: sup.request_stop())
-    signal.signal(signal.SIGTERM, lambda s, f: sup.request_stop())
+    setup_logging(config.log_level, rich_console=console)
+    sup, store = build_supervisor(state, config, "demo")
+    handle_signals(sup)
+
+    def view():
+        return progress_table(sup.snapshot(sup.clock()), count)
+
     try:
-        with Live(_display(sup, count), console=console, refresh_per_second=8) as live:
-            sup.on_tick = lambda s: live.update(_display(s, count))
+        with Live(view(), console=console, refresh_per_second=8) as live:
+            sup.on_tick = lambda s: live.update(view())
             code = sup.serve(follow=False)
-            live.update(_display(sup, count))
+            live.update(view())
         rows = records(store)
     finally:
         store.close()

@@ -32,12 +32,6 @@ class StateFull(StateError):
     """The LMDB map or the disk under it is full."""
 
 
-class BreakerOpen(QsupError):
-    """Drain gave up while the breaker stayed open."""
-
-    exit_code = EXIT_BREAKER
-
-
 class NotFound(QsupError):
     """A quarantined message named on the command line does not exist."""
 

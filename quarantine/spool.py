@@ -21,10 +21,10 @@ from collections.abc import Callable, Iterator
 
 from quarantine.hookspecs import MessageRef, Move, hookimpl
 from quarantine.ids import FINGERPRINT_BYTES, fingerprint, is_queue_id
+from quarantine.reports import Reports, file_kind
 
 SUBDIRS = ("tmp", "incoming", "outgoing", "quarantine")
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-_REPORTED_CAP = 100_000  # how many odd names are remembered so each is reported once
 _SEEN_CAP = 200_000
 LIST_STEP = 2_000  # directory entries per slice of pending_steps() (~15 ms)
 # a bounded max-heap keeps the oldest `limit` entries (heapq.nsmallest's own method)
@@ -92,8 +92,7 @@ class SpoolQueue:
         for sub in SUBDIRS:
             os.makedirs(self.dir(sub), mode=0o700 if sub == "quarantine" else 0o755, exist_ok=True)
         os.chmod(self.dir("quarantine"), 0o700)
-        self._reported: set[str] = set()
-        self._new_reports: list[str] = []
+        self._reports = Reports()  # odd names in incoming/, each reported once
         # queue ID -> (stamp, fingerprint) from identify(): apply() checks that the file
         # it moves is still the one fingerprinted with one lstat instead of a re-read
         self._seen: dict[str, tuple[tuple, str]] = {}
@@ -105,10 +104,8 @@ class SpoolQueue:
         return f"{self._dirs[sub]}/{name}"  # hot path: no os.path.join
 
     def _report(self, name: str, why: str) -> None:
-        if name in self._reported or len(self._reported) >= _REPORTED_CAP:
-            return
-        self._reported.add(name)
-        self._new_reports.append(f"incoming/{describe_name(name)}: {why}; left alone")
+        if name not in self._reports:  # every listing meets it again: no line built then
+            self._reports.add(name, f"incoming/{describe_name(name)}: {why}; left alone")
 
     def _entries(self, skip: Callable[[str], bool], step: int = 0):
         """(mtime, name, size) of each waiting message; with *step*, also None after
@@ -128,8 +125,7 @@ class SpoolQueue:
                 except FileNotFoundError:
                     continue
                 if not stat.S_ISREG(st.st_mode):
-                    kind = _kind(st.st_mode)
-                    self._report(name, f"is a {kind}, not a regular file")
+                    self._report(name, f"is a {file_kind(st.st_mode)}, not a regular file")
                     continue
                 if st.st_size == 0:
                     self._report(name, "is empty (passed to the scanner as it is)")
@@ -248,22 +244,7 @@ class SpoolQueue:
             return False
 
     def reports(self) -> list[str]:
-        out, self._new_reports = self._new_reports, []
-        return out
-
-
-def _kind(mode: int) -> str:
-    for test, kind in (
-        (stat.S_ISLNK, "symlink"),
-        (stat.S_ISDIR, "directory"),
-        (stat.S_ISFIFO, "FIFO"),
-        (stat.S_ISSOCK, "socket"),
-        (stat.S_ISCHR, "character device"),
-        (stat.S_ISBLK, "block device"),
-    ):
-        if test(mode):
-            return kind
-    return "special file"
+        return self._reports.take()
 
 
 @hookimpl

@@ -18,7 +18,6 @@ Only the supervisor holding ``lock`` writes; other commands read, or ask it.
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
 from collections.abc import Iterator
@@ -27,11 +26,13 @@ from typing import Any
 
 import lmdb
 
-from quarantine.errors import StateError, StateFull, StateLocked
+from quarantine.errors import StateError, StateFull
+from quarantine.lock import PidLock
 
 SCHEMA = 1
 DBS = ("meta", "batches", "pending", "history", "quarantine", "done", "intents")
 DEFAULT_MAP_MB = 1024
+LOCK_FILE = "lock"  # in the state directory, held by the one qsup writing it
 
 
 def _enc(obj: Any) -> bytes:
@@ -75,11 +76,11 @@ class Store:
     def __init__(self, path: str, *, readonly: bool = False, map_mb: int = DEFAULT_MAP_MB):
         self.path = path
         self.readonly = readonly
-        self._lockfd: int | None = None
+        self._lock = PidLock(os.path.join(path, LOCK_FILE))
         try:
             if not readonly:
                 os.makedirs(path, mode=0o700, exist_ok=True)
-                self._lock()
+                self._lock.acquire(f"state directory {path}")
             elif not os.path.exists(os.path.join(path, "data.mdb")):
                 raise StateError(f"no qsup state in {path} (run qsup drain or qsup run first)")
             self.env = lmdb.open(
@@ -109,34 +110,10 @@ class Store:
                     raise StateError(f"state in {path} has schema {schema}, expected {SCHEMA}")
                 w.put("meta", "schema", SCHEMA)
 
-    def _lock(self) -> None:
-        lockfile = os.path.join(self.path, "lock")
-        fd = os.open(lockfile, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise StateLocked(f"state directory {self.path} is in use by another qsup (pid {holder})")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lockfd = fd
-
     @staticmethod
     def holder(path: str) -> int | None:
-        """The pid of the qsup holding *path*, or None if nobody does."""
-        try:
-            fd = os.open(os.path.join(path, "lock"), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raw = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            return int(raw) if raw.isdigit() else -1
-        finally:
-            os.close(fd)
-        return None
+        """The pid of the qsup holding the state directory *path*, or None if nobody does."""
+        return PidLock.holder(os.path.join(path, LOCK_FILE))
 
     @contextmanager
     def write(self) -> Iterator[Txn]:
@@ -169,6 +146,4 @@ class Store:
         if env is not None:
             env.close()
             self.env = None
-        if self._lockfd is not None:
-            os.close(self._lockfd)
-            self._lockfd = None
+        self._lock.release()

@@ -35,7 +35,9 @@ def _clean(verdict: str | None) -> str:
     return " " + " ".join(str(verdict).split())[:200]
 
 
-def _status_stream() -> TextIO | None:
+def status_stream() -> TextIO | None:
+    """The line-buffered progress stream of a one-shot worker (``$QSUP_STATUS_FD``),
+    or None when qsup gave none: progress lines are optional (CONTRACT §4)."""
     fd = os.environ.get("QSUP_STATUS_FD")
     if not fd or not fd.isdigit():
         return None
@@ -46,7 +48,7 @@ def _status_stream() -> TextIO | None:
 
 
 def run_oneshot(scan: Scan, paths: list[str]) -> int:
-    status = _status_stream()
+    status = status_stream()
     for path in paths:
         qid = os.path.basename(path)
         if status:

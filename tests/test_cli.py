@@ -185,3 +185,43 @@ def test_socket_in_incoming_is_reported(qsup, make_spool):
     finally:
         sock.close()
     assert proc.returncode == 0 and "SOCK1" in proc.stderr and "socket" in proc.stderr
+
+
+def test_every_config_key_is_a_flag_and_a_config_attribute(tmp_path):
+    import dataclasses
+
+    from click.testing import CliRunner
+
+    from quarantine.cli import cli
+    from quarantine.config import BY_NAME, FIELDS, Config, load
+
+    assert [f.name for f in FIELDS] == [f.name for f in dataclasses.fields(Config)][:-2]
+    assert list(BY_NAME) == [f.name for f in FIELDS]
+    assert {f.type for f in FIELDS} == {str, int, float}
+    help_text = CliRunner().invoke(cli, ["drain", "--help"], terminal_width=200).output
+    for f in FIELDS:
+        assert "--" + (f.flag or f.name.replace("_", "-")) in help_text
+    path = tmp_path / "qsup.toml"
+    path.write_text('workers = 3\ntimeout = 2\n[plugin.x]\nk = "v"\n')
+    config = load(str(path), {"batch_size": 7})
+    assert (config.workers, config.timeout, config.batch_size, config.strikes) == (3, 2.0, 7, 2)
+    changed = dataclasses.replace(config, strikes=5)
+    assert changed.strikes == 5 and changed.plugin_options("x") == {"k": "v"} and changed.source == str(path)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.workers = 1  # type: ignore[misc]
+
+
+def test_the_demo_display_is_drawn_from_the_snapshot_alone():
+    from rich.console import Console
+
+    from quarantine.demo import progress_table
+
+    snap = {"workers": [{"size": 20}, {"size": 1}], "suspects": 3, "awaiting_canary": 1,
+            "breaker": {"state": "open", "reason": "canary died"},
+            "counters": {"delivered": 40, "crashes": 5}}  # a Counter's zeros are absent
+    console = Console(width=100, record=True, color_system=None)
+    console.print(progress_table(snap, 100))
+    text = console.export_text()
+    for row in ("40/100", "delivered │ 40 ", "quarantined │ 0 ", "worker crashes │ 5 ",
+                "in flight │ 21 in 2 batch(es)", "suspects │ 4 ", "breaker │ open: canary died"):
+        assert row in text, (row, text)

@@ -7,6 +7,7 @@ import random
 
 from conftest import DEMO, assert_conserved
 
+from quarantine.reports import Reports
 from quarantine.spool import SpoolQueue
 
 
@@ -48,3 +49,19 @@ def test_a_deep_queue_listed_in_slices_is_drained_whole(qsup, make_spool):
     where = assert_conserved(qsup.spool, ids)
     assert where["outgoing"] == set(ids)
     assert qsup.summary(proc)["delivered"] == len(ids)
+
+
+def test_reports_say_each_key_once_and_remember_a_bounded_number(tmp_path):
+    reports = Reports(cap=3)
+    for _ in range(2):
+        for key in ("a", "b", "a", "c", "d"):
+            reports.add(key, f"{key} is odd")
+    assert reports.take() == ["a is odd", "b is odd", "c is odd"]  # d: past the cap
+    assert reports.take() == [] and "a" in reports and "d" not in reports
+
+    queue = SpoolQueue(str(tmp_path / "spool"))
+    os.mkfifo(tmp_path / "spool" / "incoming" / "FIFO1")
+    for _ in range(2):
+        queue.pending(10, lambda qid: False)
+    assert queue.reports() == ["incoming/'FIFO1': is a FIFO, not a regular file; left alone"]
+    assert queue.reports() == []

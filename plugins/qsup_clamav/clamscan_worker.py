@@ -19,15 +19,7 @@ import subprocess
 import sys
 from typing import TextIO
 
-
-def status_stream() -> TextIO | None:
-    fd = os.environ.get("QSUP_STATUS_FD", "")
-    if not fd.isdigit():
-        return None
-    try:
-        return os.fdopen(int(fd), "w", buffering=1)
-    except OSError:
-        return None
+from quarantine.worker import status_stream
 
 
 def parse_line(line: str, paths: dict[str, int]) -> tuple[int, str] | None:

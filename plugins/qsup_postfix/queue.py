@@ -37,12 +37,12 @@ from qsup_postfix.commands import Postfix, PostfixError
 from qsup_postfix.store import QuarantineStore
 from quarantine.hookspecs import MessageRef, Move
 from quarantine.ids import fingerprint, is_queue_id
+from quarantine.reports import Reports, file_kind
 from quarantine.spool import read_head
 
 log = logging.getLogger("qsup.postfix")
 
 _READY = stat.S_IRWXU  # Postfix marks a complete queue file with mode 0700
-_REPORTED_CAP = 100_000
 _HASH_DIR = re.compile(r"[0-9A-Fa-f]")
 _DURATION = re.compile(r"(\d+)\s*([smhdw]?)")
 _UNITS = {"": 86400, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}  # Postfix: bare = days
@@ -72,14 +72,6 @@ def duration(value: str) -> float:
     return int(found.group(1)) * _UNITS[found.group(2)] if found else 5 * 86400.0
 
 
-def _kind(mode: int) -> str:
-    for test, kind in ((stat.S_ISLNK, "symlink"), (stat.S_ISDIR, "directory"),
-                       (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket")):
-        if test(mode):
-            return kind
-    return "special file"
-
-
 class PostfixQueue:
     name = "postfix"
 
@@ -102,8 +94,7 @@ class PostfixQueue:
         os.chmod(self.scan_dir, 0o700)
         self._paths: dict[str, str] = {}  # queue ID -> hold path (hashed hold only)
         self._fps: dict[str, tuple[tuple, str]] = {}  # queue ID -> (stat key, fingerprint)
-        self._reported: set[str] = set()
-        self._new_reports: list[str] = []
+        self._reports = Reports()  # odd entries on hold, lost claims: each said once
         if not self.long_ids:
             log.info("Postfix uses short queue IDs (enable_long_queue_ids = no): IDs are reused "
                      "once a message leaves the queue; qsup tells the messages apart by content, "
@@ -114,12 +105,6 @@ class PostfixQueue:
         self.store.close()
 
     # ------------------------------------------------------------ the hold queue
-    def _report(self, key: str, line: str) -> None:
-        if key in self._reported or len(self._reported) >= _REPORTED_CAP:
-            return
-        self._reported.add(key)
-        self._new_reports.append(line)
-
     def _held_files(self) -> Iterator[tuple[str, str, os.stat_result]]:
         """(queue ID, path, stat) of every complete queue file on hold."""
         folders = [self.hold]
@@ -141,9 +126,10 @@ class PostfixQueue:
                     folders.append(entry.path)
                     continue
                 if not is_queue_id(entry.name):
-                    self._report(entry.path, f"hold/{entry.name!r}: not a queue ID; left alone")
+                    self._reports.add(entry.path, f"hold/{entry.name!r}: not a queue ID; left alone")
                 elif not stat.S_ISREG(st.st_mode):
-                    self._report(entry.path, f"hold/{entry.name}: is a {_kind(st.st_mode)}; left alone")
+                    kind = file_kind(st.st_mode, devices=False)
+                    self._reports.add(entry.path, f"hold/{entry.name}: is a {kind}; left alone")
                 elif st.st_mode & _READY == _READY:  # else Postfix is still writing it
                     if self.hashed:
                         self._paths[entry.name] = entry.path
@@ -198,9 +184,9 @@ class PostfixQueue:
             entries.append((st.st_mtime, qid, st.st_size))
         for name, (qid, fp) in self.store.claims().items():
             if (qid, fp) not in seen:
-                self._report(f"claim {name} {fp}", f"quarantined message {qid} is no longer on hold in "
-                             f"Postfix (deleted or released outside qsup); its copy is "
-                             f"{self.store.root}/{name}")
+                self._reports.add(f"claim {name} {fp}", f"quarantined message {qid} is no longer on "
+                                  f"hold in Postfix (deleted or released outside qsup); its copy is "
+                                  f"{self.store.root}/{name}")
         oldest = heapq.nsmallest(limit, entries)
         return [MessageRef(qid=qid, size=size, age_key=mtime) for mtime, qid, size in oldest]
 
@@ -353,5 +339,4 @@ class PostfixQueue:
         return existed
 
     def reports(self) -> list[str]:
-        out, self._new_reports = self._new_reports, []
-        return out
+        return self._reports.take()

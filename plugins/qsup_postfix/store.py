@@ -15,12 +15,12 @@ one was deleted outside qsup) is not mistaken for it.
 
 from __future__ import annotations
 
-import fcntl
 import os
 from collections.abc import Callable
 
-from quarantine.errors import StateError, StateLocked
+from quarantine.errors import StateError
 from quarantine.ids import is_queue_id
+from quarantine.lock import PidLock
 
 CLAIMS = ".claims"
 
@@ -56,33 +56,18 @@ class QuarantineStore:
     def __init__(self, root: str):
         self.root = os.path.abspath(root)
         self.claims_dir = os.path.join(self.root, CLAIMS)
-        self._lock_fd: int | None = None
+        self._lock = PidLock(os.path.join(self.root, ".lock"))
         try:
             for folder in (self.root, self.claims_dir):
                 os.makedirs(folder, mode=0o700, exist_ok=True)
                 os.chmod(folder, 0o700)
-            self._lock_fd = self._lock()
+            self._lock.acquire(f"the Postfix quarantine {self.root}", rule="one qsup per hold queue")
         except OSError as exc:
             raise StateError(f"[plugin.postfix] quarantine_dir {self.root}: {exc.strerror}") from None
         self._claims: dict[str, tuple[str, str]] | None = None  # name -> (qid, fp); our writes only
 
-    def _lock(self) -> int:
-        fd = os.open(os.path.join(self.root, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
-            os.close(fd)
-            raise StateLocked(f"the Postfix quarantine {self.root} is in use by another qsup "
-                              f"(pid {holder}): one qsup per hold queue") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        return fd
-
     def close(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        self._lock.release()
 
     def path(self, name: str) -> str:
         if not is_queue_id(name):

@@ -1,0 +1,84 @@
+"""Putting qsup together: the supervisor over its plugins and state, its logging and
+its signals. What ``qsup drain``/``qsup run``, ``qsup demo`` and the benchmarks share,
+so none of them imports another's private parts.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from quarantine import pm
+from quarantine.config import Config
+from quarantine.errors import ConfigError
+from quarantine.store import Store
+
+if TYPE_CHECKING:
+    from quarantine.supervisor import Supervisor
+
+
+def build_supervisor(state_dir: str, config: Config, mode: str,
+                     adopt: bool = True) -> tuple[Supervisor, Store]:
+    """The supervisor of *config*'s queue and scanner over the state in *state_dir*
+    (opened for writing: it holds the lock), and that store, for the caller to close
+    after serving. With *adopt*, qsup becomes the subreaper of its workers' orphans."""
+    from quarantine.supervisor import Supervisor  # the loop and its process machinery
+
+    plugins = pm.build()
+    queues, scanners = plugins.queue_types(), plugins.scanner_types()
+    if config.queue not in queues:
+        raise ConfigError(f"queue: unknown kind {config.queue!r} (known: {', '.join(sorted(queues))})")
+    if config.scanner not in scanners:
+        raise ConfigError(f"scanner: unknown kind {config.scanner!r} (known: {', '.join(sorted(scanners))})")
+    store = Store(state_dir, map_mb=config.map_size_mb)
+    try:
+        queue = queues[config.queue](config)
+        scanner = scanners[config.scanner](config)
+    except OSError as exc:
+        store.close()
+        raise ConfigError(f"queue {config.queue}: {exc.strerror or exc}: {exc.filename or ''}")
+    except Exception:
+        store.close()
+        raise
+    if adopt:
+        from quarantine.process import become_subreaper
+
+        adopt = become_subreaper()
+    sup = Supervisor(config, store, queue, scanner, plugins.hook, state_dir=state_dir,
+                     adopt_orphans=adopt, mode=mode)
+    sup.make_scanner = lambda cfg: scanners[cfg.scanner](cfg)
+    return sup, store
+
+
+def setup_logging(level: str, rich_console=None) -> None:
+    """qsup's log lines to stderr ("qsup: LEVEL: message"), or through *rich_console*
+    (a rich Console, as under a live display)."""
+    root = logging.getLogger("qsup")
+    root.handlers.clear()
+    if rich_console is not None:
+        from rich.logging import RichHandler
+
+        handler = RichHandler(console=rich_console, show_path=False, show_time=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("qsup: %(levelname)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+def handle_signals(sup: Supervisor, reload_from: Callable[[], Config] | None = None) -> None:
+    """SIGTERM and SIGINT ask *sup* to stop (warm, then cold); with *reload_from*,
+    SIGHUP reloads the configuration it returns. The handlers only set flags."""
+    def stop(signum, frame):
+        sup.request_stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    if reload_from is not None:
+        sup.reload = reload_from
+        signal.signal(signal.SIGHUP, lambda s, f: sup.request_reload())
