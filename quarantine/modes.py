@@ -5,15 +5,25 @@ the scanner's ``mode``; the pool asks its mode instead of testing a string."""
 from __future__ import annotations
 
 import math
-from collections import deque
-from typing import TYPE_CHECKING
+from collections import Counter, deque
+from typing import Protocol
 
 from quarantine.backoff import respawn_delay
+from quarantine.config import Config
 from quarantine.policy import Batch, suspect_slots
 from quarantine.process import SpawnError, WorkerProcess
 
-if TYPE_CHECKING:
-    from quarantine.pool import WorkerPool
+
+class WorkerPool(Protocol):
+    """What a mode uses of the pool (quarantine.pool.WorkerPool)."""
+
+    config: Config
+    stats: Counter
+    idle: list[WorkerProcess]
+    started: float  # when the pool started (for the spare demand rate)
+    startup: float  # seconds a worker takes to say `ready`, a moving average
+
+    def spawn(self, batch_id: str, paths: list[str], now: float) -> WorkerProcess: ...
 
 
 class OneShot:
