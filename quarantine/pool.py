@@ -81,6 +81,9 @@ class WorkerPool:
                   sizes=sizes, timeout=cfg.timeout, canary=canary, first=proc.batches == 0,
                   max_rss=cfg.max_rss_mb * 2**20 if cfg.max_rss_mb else None)
         self.mode.hand(proc, batch_id, batch.ids, paths)
+        if proc.outbuf and proc.stdin_fd not in self.fdmap:  # the pipe is full: write when it has room
+            self.sel.register(proc.stdin_fd, selectors.EVENT_WRITE)
+            self.fdmap[proc.stdin_fd] = proc
         if canary:
             self.canary = run
         else:
@@ -128,6 +131,10 @@ class WorkerPool:
         for key, _ in events:
             proc = self.fdmap.get(key.fd)
             if proc is None:
+                continue
+            if key.fd == proc.stdin_fd:
+                if proc.flush():
+                    self._forget_fd(key.fd)
                 continue
             lines = proc.read(key.fd)
             if key.fd not in proc.fds:
@@ -265,6 +272,6 @@ class WorkerPool:
                 pass
 
     def _close(self, proc: WorkerProcess) -> list[bytes]:
-        for fd in list(proc.fds):
+        for fd in list(proc.fds) + [proc.stdin_fd]:
             self._forget_fd(fd)
         return proc.close()

@@ -104,6 +104,8 @@ class WorkerProcess:
     persistent: bool
     status_fd: int | None = None  # read end of QSUP_STATUS_FD, or stdout in persistent mode
     stderr_fd: int | None = None
+    stdin_fd: int | None = None  # persistent: where batches are written (non-blocking)
+    outbuf: bytearray = field(default_factory=bytearray)  # written when the pipe has room
     lines: LineReader = field(default_factory=LineReader)
     stderr_tail: bytes = b""
     peak_rss: int = 0
@@ -153,14 +155,26 @@ class WorkerProcess:
         if fd == self.stderr_fd:
             self.stderr_fd = None
 
-    def send(self, text: str) -> bool:
-        """Write to a persistent worker's stdin; False if it is gone."""
-        try:
-            self.popen.stdin.write(text.encode())
-            self.popen.stdin.flush()
-            return True
-        except (BrokenPipeError, OSError, ValueError):
-            return False
+    def send(self, text: str) -> None:
+        """Queue *text* for a persistent worker's stdin and write what the pipe takes
+        now; the rest goes with :meth:`flush` when it has room. Never blocks: a worker
+        that stops reading is a hang, caught by its deadline."""
+        self.outbuf += text.encode()
+        self.flush()
+
+    def flush(self) -> bool:
+        """Write as much of the queued input as the pipe takes; True once all is sent
+        (or the worker is gone: what it did not read shows in how it ends)."""
+        while self.outbuf and self.stdin_fd is not None:
+            try:
+                n = os.write(self.stdin_fd, self.outbuf)
+            except BlockingIOError:
+                return False
+            except OSError:  # EPIPE: it exited or closed its stdin
+                self.outbuf.clear()
+                break
+            del self.outbuf[:n]
+        return True
 
     def sample(self) -> int:
         """RSS of the whole process tree, in bytes; remembers descendants."""
@@ -234,11 +248,13 @@ class WorkerProcess:
                 else:
                     lines += self.lines.feed(data)
             self._close_fd(fd)
-        if self.popen.stdin:
+        if self.stdin_fd is not None:
             try:
-                self.popen.stdin.close()
+                os.close(self.stdin_fd)
             except OSError:
                 pass
+            self.stdin_fd = None
+            self.outbuf.clear()
         return lines
 
 
@@ -289,16 +305,18 @@ def spawn(
     if persistent:
         # Own the fd outright: closing it while Popen's file object still holds the
         # number would let a later garbage collection close some other worker's pipe.
-        out_fd = os.dup(popen.stdout.fileno())
+        out_fd, in_fd = os.dup(popen.stdout.fileno()), os.dup(popen.stdin.fileno())
         popen.stdout.close()
-        fcntl.fcntl(out_fd, fcntl.F_SETFD, fcntl.FD_CLOEXEC)
+        popen.stdin.close()
+        for fd in (out_fd, in_fd):
+            fcntl.fcntl(fd, fcntl.F_SETFD, fcntl.FD_CLOEXEC)
+        _nonblock(in_fd)
     else:
-        out_fd = status_r
+        out_fd, in_fd = status_r, None
     _nonblock(err_r)
     _nonblock(out_fd)
-    return WorkerProcess(
-        popen=popen, started=now, persistent=persistent, status_fd=out_fd, stderr_fd=err_r
-    )
+    return WorkerProcess(popen=popen, started=now, persistent=persistent, status_fd=out_fd,
+                         stderr_fd=err_r, stdin_fd=in_fd)
 
 
 def sample_all(workers: list[WorkerProcess]) -> dict[int, int]:
