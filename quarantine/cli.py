@@ -105,12 +105,17 @@ def _print_summary(summary: dict, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_obj
 def drain(ctx: Ctx, as_json: bool, **kwargs):
-    """Process everything now in the queue, then exit."""
-    config = ctx.config(_overrides(kwargs))
+    """Process everything now in the queue, then exit.
+
+    SIGTERM/SIGINT: warm stop, a second one cold; SIGHUP: reload the configuration
+    (as `run` does: a drain under a service manager must not die of a reload).
+    """
+    overrides = _overrides(kwargs)
+    config = ctx.config(overrides)
     setup_logging(config.log_level)
     sup, store = build_supervisor(ctx.state, config, "drain")
     try:
-        handle_signals(sup)
+        handle_signals(sup, reload_from=lambda: ctx.config(overrides))
         code = sup.serve(follow=False)
         _print_summary(sup.summary(), as_json)
     finally:

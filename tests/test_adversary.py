@@ -10,12 +10,13 @@ import sys
 import time
 
 import pytest
-from conftest import WORKERS, assert_conserved, wait_for
+from conftest import DEMO, WORKERS, assert_conserved, wait_for
 
 from quarantine.demo import build_spool
 from quarantine.store import Store
 
 pytestmark = pytest.mark.timeout(180)
+DEMO_CMD = DEMO.replace("\\", "\\\\")
 
 
 def py(worker: str) -> str:
@@ -68,3 +69,55 @@ def test_a_persistent_worker_that_never_reads_its_batch_does_not_block_qsup(qsup
     assert proc.returncode == 0, err[-2000:]
     where = assert_conserved(qsup.spool, ids)
     assert not where["quarantine"]
+
+
+def test_sighup_to_drain_is_a_reload_not_death(qsup, make_spool, tmp_path):
+    """Finding 12: SIGHUP killed drain (rc 129, no log line, orphaned workers that
+    the next start counted as deaths). It is a reload (contract §8)."""
+    ids = make_spool(40, {})
+    started = tmp_path / "started"
+    env = {**os.environ, "SLOW_SECONDS": "0.05", "SLOW_STARTED": str(started)}
+    proc = subprocess.Popen(qsup.argv("drain", "--spool", str(qsup.spool), "--worker", py("slow.py"),
+                                      "--workers", "2", "--batch-size", "5", "--json"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        wait_for(started.exists, 30, "a batch in flight")
+        proc.send_signal(signal.SIGHUP)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err[-2000:]
+    assert "reloaded" in err
+    where = assert_conserved(qsup.spool, ids)
+    assert where["outgoing"] == set(ids)
+    status = qsup("status", "--json")
+    assert '"died with' not in status.stdout
+
+
+def test_a_reload_that_moves_the_spool_is_refused(qsup, make_spool, tmp_path):
+    """A SIGHUP that changes `spool` logged "reloaded" and kept the old spool: it is
+    refused, with the reason, and the daemon goes on with its queue."""
+    make_spool(3, {})
+    conf = tmp_path / "qsup.toml"
+    conf.write_text(f'spool = "{qsup.spool}"\nworker = "{DEMO_CMD}"\npoll_interval = 0.1\n')
+    proc = subprocess.Popen([*qsup.argv("--config", str(conf), "run")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: len(os.listdir(qsup.spool / "outgoing")) == 3, 30, "the first drain")
+        other = tmp_path / "other"
+        conf.write_text(f'spool = "{other}"\nworker = "{DEMO_CMD}"\npoll_interval = 0.1\n')
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+        make_spool(6, {})  # the same IDs again plus three: still served from the old spool
+        wait_for(lambda: len(os.listdir(qsup.spool / "outgoing")) >= 6, 30, "the old spool still served")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert "reload refused" in err and "spool" in err, err[-2000:]
+    assert "configuration reloaded" not in err
+    assert not other.exists()
