@@ -324,6 +324,10 @@ class Supervisor:
         except Exception as exc:  # a bad file must not stop a running daemon
             log.error("reload failed, keeping the old configuration: %s", exc)
             return
+        if moved := _queue_moved(self.config, new):
+            log.error("reload refused, keeping the old configuration: %s; a running qsup keeps "
+                      "its queue (restart it to change that)", moved)
+            return
         self.config = new
         for part in (self.env, self.isolation, self.intake):
             part.configure(new)
@@ -345,6 +349,12 @@ class Supervisor:
         self.pool.sweep_orphans()
         self.ledger.put_status(self.snapshot(now, force=True))
         self.pool.close()
+
+
+def _queue_moved(old: Config, new: Config) -> str:
+    """What a reload would change of the queue (locked and recorded at start)."""
+    return ", ".join(f"{key} {getattr(old, key)!r} -> {getattr(new, key)!r}"
+                     for key in ("queue", "spool") if getattr(new, key) != getattr(old, key))
 
 
 __all__ = ["Stop", "Supervisor"]
