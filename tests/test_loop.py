@@ -44,7 +44,7 @@ class Clock:
         return self.t
 
 
-def make(tmp: Path, count: int, poison: dict | None = None, clock=None, **overrides):
+def make(tmp: Path, count: int, poison: dict | None = None, clock=None, wrap=None, **overrides):
     spool, state = tmp / "spool", tmp / "state"
     ids = build_spool(str(spool), count, poison or {})
     config = load(None, {"spool": str(spool), "worker": DEMO, "workers": 1,
@@ -52,8 +52,9 @@ def make(tmp: Path, count: int, poison: dict | None = None, clock=None, **overri
     store = Store(str(state))
     scanner = CommandScanner(config.worker_argv, config.worker_mode)
     extra = {"clock": clock} if clock else {}
-    sup = Supervisor(config, store, SpoolQueue(str(spool)), scanner, Hooks(), state_dir=str(state),
-                     **extra)
+    queue = SpoolQueue(str(spool))
+    sup = Supervisor(config, store, wrap(queue) if wrap else queue, scanner, Hooks(),
+                     state_dir=str(state), **extra)
     return sup, store, spool, ids
 
 
@@ -205,3 +206,32 @@ def test_spares_start_only_after_a_crash_and_as_many_as_wanted(tmp_path):
         sup.request_stop(), sup.request_stop()
         sup._shutdown()
         store.close()
+
+
+class ListingQueue:
+    """A queue plugin with only the required `pending` (no `pending_steps`), as
+    third-party queues and the Postfix hold queue are."""
+
+    def __init__(self, inner):
+        self._inner, self.name = inner, inner.name
+
+    def __getattr__(self, name):
+        if name == "pending_steps":
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+
+def test_a_stop_is_clean_for_a_queue_that_lists_in_one_go(tmp_path):
+    """Finding 14: a queue without pending_steps got iter([...]) as its listing and
+    the shutdown called .close() on it: AttributeError, exit 1, mail left behind."""
+    sup, store, spool, ids = make(tmp_path, 50, wrap=ListingQueue, batch_size=5, workers=2,
+                                  poll_interval=0.05, worker=DEMO + " --delay 0.02")
+    # the stop lands while a listing is under way (its messages not all taken yet)
+    sup.on_tick = lambda s: s.intake.listing and s.request_stop()
+    try:
+        assert sup.serve(follow=True) == 0
+    finally:
+        store.close()
+    assert sup.stop, "no listing was under way: the test proves nothing"
+    where = {sub: set(os.listdir(spool / sub)) for sub in ("incoming", "outgoing")}
+    assert where["incoming"] | where["outgoing"] == set(ids)
