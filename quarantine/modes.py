@@ -104,11 +104,12 @@ class Persistent:
         proc.batches += 1
         proc.send("".join(lines))  # a dead worker shows up as an exit in the loop
 
-    def _took_fresh(self, now: float, canary: bool) -> None:
-        """Count what spares are for: a canary, or a worker replacing one that ended.
-        The first start of the pool is not demand that recurs: counted, it made the
-        first crash start a spare for every worker at once."""
-        if canary:
+    def _took_fresh(self, now: float, fresh: bool) -> None:
+        """Count what spares are for: a canary or a suspect alone (they need a fresh
+        worker), or a worker replacing one that ended. The first start of the pool is
+        not demand that recurs: counted, it made the first crash start a spare for
+        every worker at once."""
+        if fresh:
             self.fresh_taken.append(now)
         elif self.ended:
             self.ended -= 1

@@ -68,6 +68,7 @@ class Outcome:
     ending: Ending
     begun: tuple[str, ...] = ()  # IDs with a `begin` line, in order
     done: frozenset[str] = frozenset()  # IDs with a `done` line
+    fresh: bool = True  # the worker process had scanned nothing before this batch
 
     @property
     def has_progress(self) -> bool:
@@ -106,9 +107,22 @@ def bisect(batch: Batch, ids: tuple[str, ...], hunt: str, parts: int = 2) -> tup
     )
 
 
-def _strike(qid: str, batch: Batch, strikes: Mapping[str, int], k: int) -> Decision:
-    """A strike for one message: quarantine at K, else run it alone again."""
-    if strikes.get(qid, 0) + 1 >= k:
+def isolated(qid: str, batch: Batch, outcome: Outcome) -> bool:
+    """Whether *qid* crashed alone in a fresh process: the batch was only it, or it
+    was the first message the process began. Anything the process scanned before
+    (a warm persistent worker, earlier messages of the batch) may have corrupted it
+    or leaked into it: such a crash is a strike, never the one that quarantines."""
+    if not outcome.fresh:
+        return False
+    return batch.ids == (qid,) or (bool(outcome.begun) and outcome.begun[0] == qid)
+
+
+def _strike(qid: str, batch: Batch, outcome: Outcome, strikes: Mapping[str, int], k: int) -> Decision:
+    """A strike for one message: quarantine at K if it crashed in isolation, else run
+    it alone (in a fresh process) again. With K = 1 the first crash quarantines
+    wherever it happened: the operator asked for one crash to be enough, and the
+    crash bound (K with progress lines) holds."""
+    if strikes.get(qid, 0) + 1 >= k and (k == 1 or isolated(qid, batch, outcome)):
         return Decision(strike=(qid,), quarantine=(qid,))
     path = batch.path or (str(len(batch.ids)),)
     solo = Batch(ids=(qid,), lane=Lane.SUSPECT, path=path + ("1",) if path[-1] != "1" else path)
@@ -162,9 +176,9 @@ def decide(
         # the ones never begun go back to the normal queue untouched.
         culprit = pending[0]
         not_begun = tuple(i for i in rest if i != culprit)
-        return merge(handled, Decision(requeue=not_begun), _strike(culprit, batch, strikes, k))
+        return merge(handled, Decision(requeue=not_begun), _strike(culprit, batch, outcome, strikes, k))
     if len(rest) == 1 and outcome.ending in STRIKING:
-        return merge(handled, _strike(rest[0], batch, strikes, k))
+        return merge(handled, _strike(rest[0], batch, outcome, strikes, k))
     if pending:
         # Several begun and unfinished (a parallel scanner): hunt among those only.
         not_begun = tuple(i for i in rest if i not in pending)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from quarantine.config import Config
 from quarantine.hookspecs import Scanner
 from quarantine.modes import mode_for
-from quarantine.policy import Batch, Ending
+from quarantine.policy import Batch, Ending, Lane
 from quarantine.process import WorkerProcess, reap_orphans, sample_all, spawn
 from quarantine.runs import Ended, Run
 from quarantine.ticks import Every
@@ -72,8 +72,11 @@ class WorkerPool:
 
     def launch(self, batch_id: str, batch: Batch, fps: dict, sizes: dict, paths: list[str],
                now: float, canary: bool = False) -> Run:
-        """Give the batch to a worker (a fresh one for the canary). Raises SpawnError."""
-        proc = self.mode.acquire(self, batch_id, paths, now, fresh=canary)
+        """Give the batch to a worker. The canary and a suspect alone get a fresh one:
+        alone means alone in a process that scanned nothing before (contract §5.7).
+        Raises SpawnError."""
+        fresh = canary or (batch.lane is Lane.SUSPECT and len(batch.ids) == 1)
+        proc = self.mode.acquire(self, batch_id, paths, now, fresh=fresh)
         proc.peak_rss, proc.killed_by_us = 0, None
         cfg = self.config
         run = Run(batch_id=batch_id, batch=batch, proc=proc, started=now,

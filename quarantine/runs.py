@@ -97,7 +97,7 @@ class Run:
 
     def outcome(self) -> Outcome:
         ending, _ = self.ending()
-        return Outcome(ending=ending, begun=tuple(self.begun), done=frozenset(self.done))
+        return Outcome(ending=ending, begun=tuple(self.begun), done=frozenset(self.done), fresh=self.first)
 
     def ended(self, now: float) -> Ended:
         """What the policy needs to judge this run, once it is over."""

@@ -121,3 +121,42 @@ def test_a_reload_that_moves_the_spool_is_refused(qsup, make_spool, tmp_path):
     assert "reload refused" in err and "spool" in err, err[-2000:]
     assert "configuration reloaded" not in err
     assert not other.exists()
+
+
+def corrupting_spool(spool, count: int, corrupting: int, seed: int) -> list[str]:
+    import random
+
+    ids = build_spool(str(spool), count, {})
+    for qid in random.Random(seed).sample(ids, corrupting):
+        path = spool / "incoming" / qid
+        path.write_bytes(b"X-Corrupt: yes\r\n" + path.read_bytes())
+    return ids
+
+
+@pytest.mark.parametrize("corrupting", [100, 200])
+def test_heap_corruption_never_gets_an_innocent_quarantined(qsup, corrupting):
+    """Finding 1: a message that corrupts a persistent worker without crashing it
+    makes the next message that process scans segfault. Alone must mean alone in a
+    fresh process (contract §5.7): 19-23 innocents were quarantined of 1,000 with 200
+    such messages (12 with 100)."""
+    ids = corrupting_spool(qsup.spool, 1000, corrupting, seed=corrupting)
+    proc = qsup.drain("--worker", py("corrupting.py"), "--worker-mode", "persistent", "--workers", "4",
+                      "--batch-size", "30", "--storm-limit", "1000", timeout=170)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    where = assert_conserved(qsup.spool, ids)
+    assert not where["quarantine"], f"innocents quarantined: {sorted(where['quarantine'])[:10]}"
+    assert where["outgoing"] == set(ids)
+    assert qsup.summary(proc)["crashes"] > 0, "nothing crashed: the test proves nothing"
+
+
+def test_a_leaking_scanner_gets_no_innocent_quarantined_as_memory(qsup, make_spool):
+    """Finding 1: a scanner leaking 2 MB per message under --max-rss 200 had an
+    innocent quarantined as `memory`: its solo retry ran on the same grown worker."""
+    ids = make_spool(600, {})
+    proc = qsup.drain("--worker", py("leaking.py"), "--worker-mode", "persistent", "--workers", "2",
+                      "--batch-size", "30", "--max-rss", "200", "--storm-limit", "1000", timeout=170)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    where = assert_conserved(qsup.spool, ids)
+    assert not where["quarantine"], f"innocents quarantined: {sorted(where['quarantine'])[:10]}"
+    summary = qsup.summary(proc)
+    assert summary["crashes"] > 0, "the leak never reached the limit: the test proves nothing"

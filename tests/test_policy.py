@@ -166,3 +166,22 @@ def test_unexplained_crash_when_both_halves_pass():
     a, b = d2.retry
     assert hunts.finish(a, crashed=True) is None and hunts.finish(b, crashed=False) is None
     assert not hunts.open
+
+
+@given(k=st.integers(2, 5), warm=st.booleans(), at=st.integers(0, 5))
+def test_the_quarantining_strike_is_always_a_crash_alone_in_a_fresh_process(k, warm, at):
+    """A crash blamed by progress lines on a warm worker, or on a message that was not
+    the first its process began, is a strike but never the K-th: the message runs alone
+    in a fresh process first (contract §5.7)."""
+    ids = tuple(f"M{i}" for i in range(6))
+    culprit = ids[at]
+    outcome = Outcome(Ending.SIGNAL, ids[: at + 1], frozenset(ids[:at]), fresh=not warm)
+    d = decide(Batch(ids=ids), outcome, {culprit: k - 1}, k, "h")
+    assert d.strike == (culprit,)
+    if warm or at > 0:
+        assert not d.quarantine and [b.ids for b in d.retry] == [(culprit,)]
+    else:
+        assert d.quarantine == (culprit,)
+    solo = decide(Batch(ids=(culprit,), lane=Lane.SUSPECT), Outcome(Ending.SIGNAL, fresh=not warm),
+                  {culprit: k - 1}, k, "h")
+    assert bool(solo.quarantine) == (not warm)
