@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 
 from quarantine.breaker import Breaker
@@ -23,6 +23,32 @@ from quarantine.runs import detail_text
 
 log = logging.getLogger("qsup")
 CANARY_WAIT = 1.0  # how long candidates wait for other proof before a canary runs
+
+
+class CrashRate:
+    """Crashes per scan of a sound message, over the last *window* seconds: what the
+    environment alone explains. Scans are messages handled and canaries passed;
+    crashes are failed canaries, hunts no part of which crashed, and strikes of
+    messages that then passed alone."""
+
+    def __init__(self, window: float = 3600.0):
+        self.window = window
+        self._events: deque[tuple[float, int, int]] = deque()  # (time, scans, crashes)
+        self.scans = self.crashes = 0
+
+    def add(self, now: float, scans: int = 0, crashes: int = 0) -> None:
+        if scans or crashes:
+            self._events.append((now, scans, crashes))
+            self.scans += scans
+            self.crashes += crashes
+
+    def estimate(self, now: float) -> float:
+        """The rate, with a tenth of a crash added so that no evidence is no proof."""
+        while self._events and self._events[0][0] < now - self.window:
+            _, scans, crashes = self._events.popleft()
+            self.scans -= scans
+            self.crashes -= crashes
+        return min(1.0, (self.crashes + 0.1) / (self.scans + 1))
 
 
 @dataclass(frozen=True)
@@ -45,6 +71,7 @@ class Environment:
         self.streak = 0  # batches crashed in a row with no success between
         self.streak_started = -math.inf
         self._said = False
+        self.rate = CrashRate()
         self.configure(config)
 
     def configure(self, config: Config) -> None:
@@ -63,6 +90,13 @@ class Environment:
             if self.streak == 0:
                 self.streak_started = now
             self.streak += 1
+
+    def scanned(self, now: float, scans: int, crashes: int = 0) -> None:
+        """Messages handled, and crashes that were the environment's doing."""
+        self.rate.add(now, scans, crashes)
+
+    def crash_rate(self, now: float) -> float:
+        return self.rate.estimate(now)
 
     def healthy(self, started: float) -> None:
         """A fresh worker (its first batch) given a batch at *started* scanned all of
@@ -86,7 +120,9 @@ class Environment:
         if self.breaker.is_open and started < self.breaker.since:
             return NOTHING  # began before the breaker opened: it proves nothing about why
         if ending is not Ending.OK:
+            self.rate.add(now, crashes=1)
             return self.canary_failed(f"{ending.value}{detail_text(detail)}", now)
+        self.rate.add(now, scans=1)
         self.last_pass = started
         forgive = False
         if self.breaker.is_open:

@@ -67,8 +67,10 @@ class Isolation:
             strikes = {q: strikes_of(r, q, e.fps[q]) for q in e.batch.ids if q in e.fps}
         return decide(e.batch, e.outcome, strikes, self.config.strikes, hunt=e.batch_id, split=split)
 
-    def record(self, w: Txn, e: Ended, decision: Decision, now: float, wall: float) -> None:
-        """Write what *decision* means for the messages of batch *e*."""
+    def record(self, w: Txn, e: Ended, decision: Decision, now: float, wall: float) -> int:
+        """Write what *decision* means for the messages of batch *e*. Returns the crashes
+        it shows were the environment's: a hunt no part of which crashed, strikes of
+        messages that then passed alone."""
         batch, fps, outcome = e.batch, e.fps, e.outcome
         crashed = outcome.ending in CRASHES
         if crashed:
@@ -88,7 +90,11 @@ class Isolation:
                     hist = History.load(w, qid, fps[qid])
                     hist.attempt(attempt, qid in decision.strike, self.config.history)
                     hist.save(w)
+        noise = 0
+        if batch.lane is Lane.SUSPECT and decision.deliver:
+            noise += sum(strikes_of(w, q, fps[q]) for q in decision.deliver if q in fps)
         if unexplained:
+            noise += 1
             self.stats["unexplained"] += 1
             for qid in unexplained:
                 if qid in fps:
@@ -105,6 +111,7 @@ class Isolation:
             self.candidates[cand.key] = cand
         for qid in decision.requeue:
             self.held.pop(qid, None)
+        return noise
 
     def hold(self, w: Txn, batch: Batch, fps: dict[str, str], pid: str) -> None:
         """Record a suspect batch in `pending` (it survives a restart) and queue it."""
@@ -139,6 +146,12 @@ class Isolation:
         self.stats["forgiven"] += count
         self.candidates.clear()
         return count
+
+    def again(self, w: Txn, cand: Candidate) -> None:
+        """A candidate whose crashes do not convict it yet runs alone again."""
+        w.delete("pending", cand.pending)
+        batch = Batch(ids=(cand.qid,), lane=Lane.SUSPECT, path=tuple(cand.path))
+        self.hold(w, batch, {cand.qid: cand.fp}, f"again.{next(self._serial):x}")
 
     def proven(self, before: float) -> list[Candidate]:
         """Candidates whose crash came before proof that started at *before* (the same

@@ -182,7 +182,7 @@ class Ledger:
         (replaying a finished move is harmless)."""
         self._completing.append(Completing(key, group, moves.make(self.queue, group), self.wall()))
 
-    def quarantine(self, cand: Candidate) -> dict | None:
+    def quarantine(self, cand: Candidate, evidence: dict) -> dict | None:
         """Write the record, move the file (write-ahead), complete. Returns the record
         (what ``qsup show --json`` prints), or None if the message vanished."""
         sender, subject, headers = summary(self.queue.head("incoming", cand.qid, HEAD_BYTES))
@@ -195,7 +195,7 @@ class Ledger:
                   "peak_rss": max((a.get("peak_rss") or 0 for a in attempts), default=0),
                   "strikes": hist.get("strikes", 0), "size": cand.size, "sender": sender,
                   "subject": subject, "headers": headers, "path": list(cand.path),
-                  "queue": self.queue.name, "state": "moving"}
+                  "queue": self.queue.name, "evidence": evidence, "state": "moving"}
         mv = self.queue.plan(cand.qid, cand.fp, "quarantine")
         ikey, extra = f"quarantine/{cand.key}", {"record": record}
         with self.store.write() as w:

@@ -26,7 +26,8 @@ from quarantine.events import Events
 from quarantine.hookspecs import Queue, Scanner
 from quarantine.intake import Intake
 from quarantine.isolation import Isolation
-from quarantine.ledger import BatchRecord, Candidate, InFlight, Ledger
+from quarantine.judge import Judge
+from quarantine.ledger import BatchRecord, InFlight, Ledger
 from quarantine.policy import CRASHES, Batch, Decision, Ending, Lane, Outcome
 from quarantine.pool import WorkerPool
 from quarantine.process import SpawnError
@@ -63,6 +64,7 @@ class Supervisor:
         self.pool = WorkerPool(config, scanner, self.stats, owner=self.state_dir, clock=clock,
                                adopt_orphans=adopt_orphans)
         self.ledger = Ledger(store, queue, wall)
+        self.judge = Judge(self.env, self.isolation, self.ledger, queue, self.events, self.stats, clock)
         self.canary_path = canary.prepare(self.state_dir, config.canary)
         self.stop = Stop.NONE
         self.stop_deadline = math.inf
@@ -114,7 +116,7 @@ class Supervisor:
         ended, canary_end = self.pool.collect(now, stopping=bool(stop))
         if canary_end is not None:
             run, ending, detail = canary_end
-            self._act(self.env.canary_ended(run.started, ending, detail, now), now)
+            self.judge.act(self.env.canary_ended(run.started, ending, detail, now), now)
         if self._reload_wanted:
             self._reload()
         if stop:
@@ -207,14 +209,15 @@ class Supervisor:
             self.pool.mode.batch_ok()
         self.env.batch_ended(ending, ending in CRASHES, now)
         w.delete("batches", e.batch_id)
-        self.isolation.record(w, e, decision, now, self.wall())
+        noise = self.isolation.record(w, e, decision, now, self.wall())
+        self.env.scanned(now, len(decision.deliver), noise)
         self.env.breaker.delivered(len(decision.deliver), now)
         if decision.systemic:
             said = e.stderr.decode("utf-8", "replace").strip().splitlines()[-1:]
             why = e.detail.get("error") or "it died before reading anything"
             rest = detail_text({k: v for k, v in e.detail.items() if k != "error"})
             # the environment is failing: so may have the candidates' last crashes
-            self._act(self.env.cannot_start(why + rest, said[0] if said else "", now), now, w)
+            self.judge.act(self.env.cannot_start(why + rest, said[0] if said else "", now), now, w)
         for qid in decision.strike:
             self.stats["strikes"] += 1
             self.env.solo_crash(f"{qid}:{e.fps[qid]}", now)
@@ -251,7 +254,7 @@ class Supervisor:
         except SpawnError as exc:
             self.stats["spawn_failures"] += 1
             if canary:
-                self._act(self.env.canary_failed(str(exc), now), now)
+                self.judge.act(self.env.canary_failed(str(exc), now), now)
             else:
                 ended = Ended(b.batch_id, b.batch, b.fps, {}, Outcome(ending=Ending.SPAWN), {"error": str(exc)})
                 self._settle([ended], now)
@@ -264,7 +267,7 @@ class Supervisor:
         """Quarantine the candidates a sound environment convicts; run the canary
         when proof is needed and no fresh batch gave it."""
         if not self.env.is_open and self.isolation.candidates:
-            self._act(Proof(confirm_before=self.env.last_pass), now)
+            self.judge.act(Proof(confirm_before=self.env.last_pass), now)
         if self.pool.canary is not None:
             return
         flowing = bool(self.intake or self.isolation.suspects)
@@ -273,27 +276,6 @@ class Supervisor:
             run = InFlight(f"canary-{self._new_id()}", batch, {canary.CANARY_ID: "canary"}, {})
             self._launch(run, now, canary=True)
             self.stats["canary_runs"] += 1
-
-    def _act(self, proof: Proof, now: float, w: Txn | None = None) -> None:
-        """Forgive or quarantine the candidates as *proof* says (in *w* if given)."""
-        if proof.forgive and self.isolation.candidates:
-            with self.ledger.within(w) as tx:
-                self.isolation.forgive(tx)
-        if proof.confirm_before is not None and not self.env.is_open:
-            for cand in self.isolation.proven(proof.confirm_before):
-                self._quarantine(cand)
-
-    def _quarantine(self, cand: Candidate) -> None:
-        record = self.ledger.quarantine(cand)
-        self.isolation.release(cand.qid)
-        self.queue.scan_done(cand.qid)
-        if record is None:
-            return
-        self.stats["quarantined"] += 1
-        log.warning("quarantined %s (%s%s) after %d strike(s): from %s, subject %s", cand.qid,
-                    record["why"], f", {record['signal']}" if record["signal"] else "",
-                    record["strikes"], record["sender"] or "?", record["subject"] or "?")
-        self.events.quarantined(record=record)
 
     # ------------------------------------------------------------ housekeeping
     def _housekeeping(self, now: float) -> None:

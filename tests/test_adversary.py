@@ -160,3 +160,19 @@ def test_a_leaking_scanner_gets_no_innocent_quarantined_as_memory(qsup, make_spo
     assert not where["quarantine"], f"innocents quarantined: {sorted(where['quarantine'])[:10]}"
     summary = qsup.summary(proc)
     assert summary["crashes"] > 0, "the leak never reached the limit: the test proves nothing"
+
+
+def test_a_flaky_environment_quarantines_nothing(qsup, make_spool):
+    """Finding 2: a scanner that segfaults 5 % of its runs whatever it reads, the
+    canary included. One canary pass was taken as proof, so about p² of the messages
+    collected K strikes by chance (6 of 3,000 quarantined). A message is quarantined
+    only when its solo crashes are far beyond what the crash rate seen in canaries
+    and clean batches explains (contract §5.8). drain may give up (exit 3)."""
+    ids = make_spool(3000, {})
+    proc = qsup.drain("--worker", py("flaky.py"), "--workers", "4", "--batch-size", "30",
+                      "--storm-limit", "1000", "--max-wait", "30", timeout=170)
+    assert proc.returncode in (0, 3), proc.stderr[-2000:]
+    where = assert_conserved(qsup.spool, ids)
+    assert not where["quarantine"], f"innocents quarantined: {sorted(where['quarantine'])}"
+    summary = qsup.summary(proc)
+    assert summary["crashes"] >= 5, "the scanner never crashed: the test proves nothing"

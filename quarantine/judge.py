@@ -1,0 +1,80 @@
+"""What the evidence convicts: candidates are forgiven, quarantined, or run alone
+again when their crashes are not yet beyond what the environment explains.
+
+A candidate reached K strikes and the environment was proven sound after its
+crash (:class:`~quarantine.environment.Proof`). It is quarantined only if its solo
+crashes are unlikely at the crash rate the environment shows (canaries, clean
+scans, crashes no message explains): with rate p and s crashes, p**s must be below
+``ALPHA`` divided by the scans the rate was measured over (every message scanned is
+a chance for the environment to strike one by luck: a Bonferroni bound over them).
+Otherwise it runs alone again: a poison message crashes again, a sound one passes
+and is delivered (contract §5.8). In a sound environment p is tiny and K crashes
+convict; at 5 % per scan over 3,000 messages it takes five. With ``strikes = 1``
+the operator trusts a single crash, and it convicts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+from quarantine.environment import Environment, Proof
+from quarantine.events import Events
+from quarantine.isolation import Isolation
+from quarantine.ledger import Candidate, Ledger, strikes_of
+from quarantine.hookspecs import Queue
+from quarantine.ratecap import RateCap
+from quarantine.store import Txn
+
+log = logging.getLogger("qsup")
+ALPHA = 0.01  # most chance, over all messages scanned, that the environment alone convicts one
+
+
+class Judge:
+    def __init__(self, env: Environment, isolation: Isolation, ledger: Ledger, queue: Queue,
+                 events: Events, stats: Counter, clock):
+        self.env, self.isolation, self.ledger, self.queue = env, isolation, ledger, queue
+        self.events, self.stats = events, stats
+        self._said = RateCap(log, per_window=10, window=60.0, clock=clock)
+
+    def act(self, proof: Proof, now: float, w: Txn | None = None) -> None:
+        """Forgive or convict the candidates as *proof* says (in *w* if given)."""
+        if proof.forgive and self.isolation.candidates:
+            with self.ledger.within(w) as tx:
+                self.isolation.forgive(tx)
+        if proof.confirm_before is None or self.env.is_open:
+            return
+        proven = self.isolation.proven(proof.confirm_before)
+        if not proven:
+            return
+        with self.ledger.store.read() as r:
+            strikes = [strikes_of(r, c.qid, c.fp) for c in proven]
+        again, k = [], self.isolation.config.strikes
+        p, scans = self.env.crash_rate(now), self.env.rate.scans
+        alpha = ALPHA / max(1, scans)
+        for cand, s in zip(proven, strikes):
+            evidence = {"crashes": s, "crash_rate": round(p, 6), "scans": scans, "chance": p ** s,
+                        "alpha": alpha}
+            if k == 1 or p ** s < alpha:
+                self.quarantine(cand, evidence)
+            else:
+                again.append(cand)
+                self.stats["more_evidence"] += 1
+                self._said(logging.INFO, "%s: %d solo crash(es) are not beyond what the environment's "
+                           "crash rate (%.2g per scan) explains: it runs alone again", cand.qid, s, p)
+        if again:
+            with self.ledger.within(w) as tx:
+                for cand in again:
+                    self.isolation.again(tx, cand)
+
+    def quarantine(self, cand: Candidate, evidence: dict) -> None:
+        record = self.ledger.quarantine(cand, evidence)
+        self.isolation.release(cand.qid)
+        self.queue.scan_done(cand.qid)
+        if record is None:
+            return
+        self.stats["quarantined"] += 1
+        log.warning("quarantined %s (%s%s) after %d strike(s): from %s, subject %s", cand.qid,
+                    record["why"], f", {record['signal']}" if record["signal"] else "",
+                    record["strikes"], record["sender"] or "?", record["subject"] or "?")
+        self.events.quarantined(record=record)
