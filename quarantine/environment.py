@@ -71,6 +71,8 @@ class Environment:
         self.streak = 0  # batches crashed in a row with no success between
         self.streak_started = -math.inf
         self._said = False
+        self.stalled = 0.0  # seconds the breaker was open since a message last went through
+        self._looked = None
         self.rate = CrashRate()
         self.configure(config)
 
@@ -94,6 +96,8 @@ class Environment:
     def scanned(self, now: float, scans: int, crashes: int = 0) -> None:
         """Messages handled, and crashes that were the environment's doing."""
         self.rate.add(now, scans, crashes)
+        if scans:
+            self.stalled = 0.0  # progress
 
     def crash_rate(self, now: float) -> float:
         return self.rate.estimate(now)
@@ -162,11 +166,15 @@ class Environment:
                 self._announce()
 
     def gave_up(self, now: float) -> bool:
-        """Drain: the breaker has stayed open longer than max_wait."""
-        if not self.breaker.is_open or now - self.breaker.since < self.config.max_wait:
+        """Drain: the breaker has kept it from progress (open, or reopening after every
+        probe) for longer than max_wait in total. Called once a pass."""
+        if self._looked is not None and self.breaker.is_open:
+            self.stalled += now - self._looked
+        self._looked = now
+        if not self.breaker.is_open or self.stalled < self.config.max_wait:
             return False
-        log.error("breaker open for %.0fs (%s): giving up; nothing was quarantined because of it",
-                  now - self.breaker.since, self.breaker.reason)
+        log.error("breaker open for %.0fs in all since a message last went through (%s): giving "
+                  "up; nothing was quarantined because of it", self.stalled, self.breaker.reason)
         return True
 
     def _announce(self) -> None:

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 from quarantine.config import Config
 from quarantine.ledger import BatchRecord, Candidate, History, Waiting, strikes_of
-from quarantine.policy import CRASHES, Batch, Decision, Ending, Hunts, Lane, decide, suspect_slots
+from quarantine.policy import CRASHES, Batch, Decision, Ending, Hunts, Lane, chunks, decide, suspect_slots
 from quarantine.runs import Ended, detail_text
 from quarantine.store import Txn
 
@@ -146,6 +146,16 @@ class Isolation:
         self.stats["forgiven"] += count
         self.candidates.clear()
         return count
+
+    def resize(self, w: Txn, batch: Batch, fps: dict[str, str], size: int, key: str) -> None:
+        """A batch too big to start (its paths do not fit a command line): suspects are
+        held again in parts of *size*; clean traffic goes back to the queue."""
+        if batch.lane is Lane.CLEAN:
+            for qid in batch.ids:
+                self.held.pop(qid, None)
+            return
+        for n, part in enumerate(chunks(batch.ids, -(-len(batch.ids) // size))):
+            self.hold(w, Batch(ids=part, lane=Lane.SUSPECT, path=batch.path), fps, f"{key}.{n}")
 
     def again(self, w: Txn, cand: Candidate) -> None:
         """A candidate whose crashes do not convict it yet runs alone again."""

@@ -1,5 +1,6 @@
-"""What the evidence convicts: candidates are forgiven, quarantined, or run alone
-again when their crashes are not yet beyond what the environment explains.
+"""Judgement: what an ended batch says of its messages and of the environment, and
+what the evidence convicts: candidates are forgiven, quarantined, or run alone again
+when their crashes are not yet beyond what the environment explains.
 
 A candidate reached K strikes and the environment was proven sound after its
 crash (:class:`~quarantine.environment.Proof`). It is quarantined only if its solo
@@ -21,9 +22,11 @@ from collections import Counter
 from quarantine.environment import Environment, Proof
 from quarantine.events import Events
 from quarantine.isolation import Isolation
-from quarantine.ledger import Candidate, Ledger, strikes_of
 from quarantine.hookspecs import Queue
+from quarantine.ledger import Candidate, Ledger, strikes_of
+from quarantine.policy import CRASHES, Decision
 from quarantine.ratecap import RateCap
+from quarantine.runs import Ended, detail_text
 from quarantine.store import Txn
 
 log = logging.getLogger("qsup")
@@ -36,6 +39,25 @@ class Judge:
         self.env, self.isolation, self.ledger, self.queue = env, isolation, ledger, queue
         self.events, self.stats = events, stats
         self._said = RateCap(log, per_window=10, window=60.0, clock=clock)
+
+    def ended(self, w: Txn, e: Ended, decision: Decision, now: float, wall: float) -> None:
+        """Record one ended batch: for its messages (isolation) and for what it says
+        of the environment (a worker that cannot start, solo crashes in a storm)."""
+        ending = e.outcome.ending
+        self.env.batch_ended(ending, ending in CRASHES, now)
+        w.delete("batches", e.batch_id)
+        noise = self.isolation.record(w, e, decision, now, wall)
+        self.env.scanned(now, len(decision.deliver), noise)
+        self.env.breaker.delivered(len(decision.deliver), now)
+        if decision.systemic:
+            said = e.stderr.decode("utf-8", "replace").strip().splitlines()[-1:]
+            why = e.detail.get("error") or "it died before reading anything"
+            rest = detail_text({k: v for k, v in e.detail.items() if k != "error"})
+            # the environment is failing: so may have the candidates' last crashes
+            self.act(self.env.cannot_start(why + rest, said[0] if said else "", now), now, w)
+        for qid in decision.strike:
+            self.stats["strikes"] += 1
+            self.env.solo_crash(f"{qid}:{e.fps[qid]}", now)
 
     def act(self, proof: Proof, now: float, w: Txn | None = None) -> None:
         """Forgive or convict the candidates as *proof* says (in *w* if given)."""

@@ -4,7 +4,9 @@ the scanner's ``mode``; the pool asks its mode instead of testing a string."""
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 from collections import Counter, deque
 from typing import Protocol
 
@@ -12,6 +14,8 @@ from quarantine.backoff import respawn_delay
 from quarantine.config import Config
 from quarantine.policy import Batch, suspect_slots
 from quarantine.process import SpawnError, WorkerProcess
+
+log = logging.getLogger("qsup")
 
 
 class WorkerPool(Protocol):
@@ -26,11 +30,38 @@ class WorkerPool(Protocol):
     def spawn(self, batch_id: str, paths: list[str], now: float) -> WorkerProcess: ...
 
 
+ARG_SLACK = 16_384  # bytes of ARG_MAX left unused: the kernel's own accounting differs a little
+
+
 class OneShot:
     """A fresh process per batch: every batch pays a start-up, so a crashed batch is
-    bisected (fewest runs: ⌈log₂ n⌉ + K crashes per poison message)."""
+    bisected (fewest runs: ⌈log₂ n⌉ + K crashes per poison message). Its paths are
+    its command line, so a batch is never bigger than what the kernel takes
+    (ARG_MAX, shared with the environment): the limit is learnt from the paths."""
 
     persistent = False
+
+    def __init__(self) -> None:
+        self.cap: int | None = None  # most paths that fit a command line, once one did not
+
+    def batch_limit(self, size: int) -> int:
+        return min(size, self.cap) if self.cap else size
+
+    def fits(self, fixed: int, paths: list[str]) -> bool:
+        """Whether *paths* fit after *fixed* bytes (environment, command); if not, learn
+        how many do."""
+        room = os.sysconf("SC_ARG_MAX") - ARG_SLACK - fixed
+        need = [len(p.encode()) + 9 for p in paths]  # the string, its NUL, its pointer
+        if sum(need) <= room:
+            return True
+        n = 0
+        while n < len(need) and room >= need[n]:
+            room -= need[n]
+            n += 1
+        self.cap = max(1, min(n, self.cap or n))
+        log.warning("a batch of %d paths does not fit a command line (ARG_MAX, with the "
+                    "environment): batches of at most %d from now on", len(paths), self.cap)
+        return False
 
     def argv(self, command: list[str], paths: list[str]) -> list[str]:
         return command + paths
@@ -67,6 +98,12 @@ class Persistent:
     another batch costs little: a blind crash sends every suspect alone (1 + K)."""
 
     persistent = True
+
+    def batch_limit(self, size: int) -> int:
+        return size
+
+    def fits(self, fixed: int, paths: list[str]) -> bool:
+        return True  # batches go on stdin
 
     def __init__(self) -> None:
         self.fresh_taken: deque[float] = deque()  # when a fresh worker was taken for demand

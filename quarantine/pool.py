@@ -54,6 +54,17 @@ class WorkerPool:
         self.config, self.scanner = config, scanner
         self._sample.interval = config.rss_interval if config.max_rss_mb else 1.0
 
+    def _fixed_args(self) -> int:
+        """Bytes of a worker's exec besides its paths: environment and command."""
+        env = {**os.environ, **self.scanner.environment(), **self.mode.environment()}
+        extra = len("QSUP_BATCH_ID=") + 64 + len(f"QSUP_OWNER={self.owner}") + len("QSUP_STATUS_FD=999") + 30
+        return (sum(len(k.encode()) + len(v.encode()) + 10 for k, v in env.items()) + extra
+                + sum(len(a.encode()) + 9 for a in self.scanner.command()))
+
+    def fits(self, paths: list[str]) -> bool:
+        """Whether a batch of *paths* can be started (a one-shot command line is bounded)."""
+        return self.mode.fits(self._fixed_args(), paths) if not self.mode.persistent else True
+
     # ------------------------------------------------------------------ start
     def all_runs(self) -> list[Run]:
         return list(self.runs.values()) + ([self.canary] if self.canary else [])

@@ -28,11 +28,11 @@ from quarantine.intake import Intake
 from quarantine.isolation import Isolation
 from quarantine.judge import Judge
 from quarantine.ledger import BatchRecord, InFlight, Ledger
-from quarantine.policy import CRASHES, Batch, Decision, Ending, Lane, Outcome
+from quarantine.policy import Batch, Ending, Lane, Outcome
 from quarantine.pool import WorkerPool
 from quarantine.process import SpawnError
 from quarantine.recovery import recover
-from quarantine.runs import Ended, detail_text
+from quarantine.runs import Ended
 from quarantine.store import Store, Txn
 from quarantine.telemetry import Telemetry
 from quarantine.ticks import Every
@@ -177,7 +177,9 @@ class Supervisor:
         with self.ledger.pass_txn() as w:
             decisions = [self.isolation.decide(w, e, self.pool.mode.split(e.batch)) for e in ended]
             for e, decision in zip(ended, decisions):
-                self._judge(w, e, decision, now)
+                if e.outcome.ending is Ending.OK:
+                    self.pool.mode.batch_ok()
+                self.judge.ended(w, e, decision, now, self.wall())
                 delivers += [self.queue.plan(q, e.fps[q], "outgoing") for q in decision.deliver]
             if delivers:
                 key = f"deliver/{self._new_id()}"
@@ -201,27 +203,6 @@ class Supervisor:
             if e.outcome.ending is Ending.OK:
                 self.env.healthy(e.fresh_start)
 
-    def _judge(self, w: Txn, e: Ended, decision: Decision, now: float) -> None:
-        """Record one ended batch: for its messages (isolation) and for what it says
-        of the environment (a worker that cannot start, solo crashes in a storm)."""
-        ending = e.outcome.ending
-        if ending is Ending.OK:
-            self.pool.mode.batch_ok()
-        self.env.batch_ended(ending, ending in CRASHES, now)
-        w.delete("batches", e.batch_id)
-        noise = self.isolation.record(w, e, decision, now, self.wall())
-        self.env.scanned(now, len(decision.deliver), noise)
-        self.env.breaker.delivered(len(decision.deliver), now)
-        if decision.systemic:
-            said = e.stderr.decode("utf-8", "replace").strip().splitlines()[-1:]
-            why = e.detail.get("error") or "it died before reading anything"
-            rest = detail_text({k: v for k, v in e.detail.items() if k != "error"})
-            # the environment is failing: so may have the candidates' last crashes
-            self.judge.act(self.env.cannot_start(why + rest, said[0] if said else "", now), now, w)
-        for qid in decision.strike:
-            self.stats["strikes"] += 1
-            self.env.solo_crash(f"{qid}:{e.fps[qid]}", now)
-
     # ---------------------------------------------------------------- dispatch
     def _dispatch(self, w: Txn) -> list[InFlight]:
         """Take batches for the free workers and record them in flight (in *w*); they
@@ -230,8 +211,8 @@ class Supervisor:
         runs, workers = self.pool.runs, self.config.workers
         suspect_runs = sum(1 for r in runs.values() if r.batch.lane is Lane.SUSPECT)
         batches = self.isolation.take(workers, len(runs), suspect_runs, bool(self.intake))
-        batches += [self.intake.take(self.config.batch_size)
-                    for _ in range(workers - len(runs) - len(batches)) if self.intake]
+        size = self.pool.mode.batch_limit(self.config.batch_size)
+        batches += [self.intake.take(size) for _ in range(workers - len(runs) - len(batches)) if self.intake]
         ready, wall = [], self.wall()
         for waiting in batches:
             inflight, gone = self.intake.identify(waiting, self._new_id())
@@ -249,6 +230,12 @@ class Supervisor:
     def _launch(self, inflight: InFlight, now: float, canary: bool = False) -> None:
         b = inflight
         paths = [self.canary_path] if canary else [self.queue.scan_path(q) for q in b.batch.ids]
+        if not self.pool.fits(paths):  # too long for a command line: not the environment's fault
+            with self.store.write() as w:
+                w.delete("batches", b.batch_id)
+                self.isolation.resize(w, b.batch, b.fps, self.pool.mode.batch_limit(len(paths)), b.batch_id)
+            self.intake.relist()
+            return
         try:
             self.pool.launch(b.batch_id, b.batch, b.fps, b.sizes, paths, now, canary=canary)
         except SpawnError as exc:

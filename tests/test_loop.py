@@ -235,3 +235,31 @@ def test_a_stop_is_clean_for_a_queue_that_lists_in_one_go(tmp_path):
     assert sup.stop, "no listing was under way: the test proves nothing"
     where = {sub: set(os.listdir(spool / sub)) for sub in ("incoming", "outgoing")}
     assert where["incoming"] | where["outgoing"] == set(ids)
+
+
+def test_max_wait_counts_all_the_time_the_breaker_kept_drain_from_progress(tmp_path):
+    """Finding 11: a breaker that opens, closes when the canary passes, and reopens at
+    the next batch never stayed open max_wait at a stretch, so drain went on for ever
+    (with defaults) or far past --max-wait. The open time adds up until progress."""
+    clock = Clock()
+    flapping = f"{sys.executable} -c 'import sys; sys.exit(127 if len(sys.argv) > 2 else 0)'"
+    sup, store, spool, ids = make(tmp_path, 10, {}, clock, worker=flapping, batch_size=5,
+                                  workers=1, max_wait=5.0)
+    code, openings, was_open = None, 0, False
+    try:
+        sup.start()
+        while code is None and clock.t < 1200:
+            code = sup.step(clock(), follow=False)
+            openings += sup.env.is_open and not was_open
+            was_open = sup.env.is_open
+            if sup.pool.all_runs():
+                settle_real(sup, lambda: not any(r.proc.exit is None for r in sup.pool.all_runs()),
+                            "the run to end")
+            clock.t = round(clock.t + 0.05, 2)
+    finally:
+        sup._shutdown()
+        store.close()
+    assert code == 3
+    assert openings >= 3, "the breaker did not flap: the test proves nothing"
+    assert clock.t - 1000 < 8, f"drain gave up only after {clock.t - 1000:.1f}s (max_wait 5 s in total)"
+    assert sorted(os.listdir(spool / "incoming")) == ids
