@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from quarantine import ops, pm
+from quarantine import binding, ops, pm
 from quarantine.app import build_supervisor, handle_signals, setup_logging
 from quarantine.config import (
     BY_NAME,
@@ -19,7 +19,7 @@ from quarantine.config import (
     find_config,
     load,
 )
-from quarantine.errors import EXIT_OK, NotFound, QsupError
+from quarantine.errors import EXIT_OK, ConfigError, NotFound, QsupError
 from quarantine.store import Store
 from quarantine.views import format_size, format_when, format_why, quarantine_table
 
@@ -62,6 +62,17 @@ def config_options(func):
             kind = click.Choice(field.choices)
         func = click.option(_flag(field), field.name, type=kind, default=None,
                             help=field.help, show_default=False)(func)
+    return func
+
+
+def queue_options(func):
+    """The flags that name a queue, for the commands that only read (list, show): a
+    state directory belongs to one queue, and refuses another (binding.py)."""
+    func = click.option("--plugin-option", "plugin_option", multiple=True, metavar="NAME.KEY=VALUE",
+                        help="An option of the queue's plugin (repeatable).")(func)
+    for name in ("spool", "queue"):
+        field = BY_NAME[name]
+        func = click.option(_flag(field), name, type=str, default=None, help=field.help)(func)
     return func
 
 
@@ -144,16 +155,29 @@ def run(ctx: Ctx, **kwargs):
 
 
 # ------------------------------------------------------------------ inspecting
-def _open_read(ctx: Ctx) -> Store:
-    return Store(ctx.state, readonly=True)
+def _open_read(ctx: Ctx, overrides: dict | None = None) -> Store:
+    """The state, read-only; with *overrides* (queue flags), refused if it belongs to
+    another queue than the one they or the configuration file name."""
+    store = Store(ctx.state, readonly=True)
+    if overrides is not None:
+        try:
+            config = ctx.config(overrides)
+            if binding.names_a_queue(config):
+                with store.read() as r:
+                    binding.resolve(pm.build(), config, binding.recorded(r), ctx.state)
+        except BaseException:
+            store.close()
+            raise
+    return store
 
 
 @cli.command("list", epilog=EPILOG)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@queue_options
 @click.pass_obj
-def list_(ctx: Ctx, as_json: bool):
+def list_(ctx: Ctx, as_json: bool, **kwargs):
     """The quarantine, newest first: ID, when, why, strikes, size, sender, subject."""
-    store = _open_read(ctx)
+    store = _open_read(ctx, _overrides(kwargs))
     try:
         rows = ops.records(store)
     finally:
@@ -172,11 +196,12 @@ def list_(ctx: Ctx, as_json: bool):
 @cli.command(epilog=EPILOG)
 @click.argument("qid")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@queue_options
 @click.pass_obj
-def show(ctx: Ctx, qid: str, as_json: bool):
+def show(ctx: Ctx, qid: str, as_json: bool, **kwargs):
     """One message: every attempt (batch size, worker pid, crash kind, signal or
     exit code, peak RSS, duration, stderr tail), the bisection path, headers."""
-    store = _open_read(ctx)
+    store = _open_read(ctx, _overrides(kwargs))
     try:
         found = ops.details(store, qid)
     finally:
@@ -219,17 +244,25 @@ def show(ctx: Ctx, qid: str, as_json: bool):
 
 
 def _state_action(ctx: Ctx, request: dict, **config_kw) -> list[str]:
+    """Run a release or purge on the queue the state directory belongs to: in the
+    running qsup if there is one, else here."""
+    config = ctx.config(config_kw)
+    plugins = pm.build()
     holder = Store.holder(ctx.state) if os.path.isdir(ctx.state) else None
     if holder:
+        binding.resolve(plugins, config, binding.recorded_in(ctx.state), ctx.state)
         answer = ops.submit_request(ctx.state, request)
         if not answer.get("ok"):
             raise NotFound(answer.get("error", "request failed"))
         return answer["lines"]
-    config = ctx.config(config_kw)
-    plugins = pm.build()
     store = Store(ctx.state, map_mb=config.map_size_mb)
     try:
-        queue = plugins.queue_types()[config.queue](config)
+        with store.read() as r:
+            config = binding.resolve(plugins, config, binding.recorded(r), ctx.state)
+        queues = plugins.queue_types()
+        if config.queue not in queues:
+            raise ConfigError(f"queue: unknown kind {config.queue!r} (known: {', '.join(sorted(queues))})")
+        queue = queues[config.queue](config)
         return ops.execute(store, queue, request)
     finally:
         store.close()

@@ -121,6 +121,20 @@ def qsup_queue_types() -> Mapping[str, Callable[[Any], Queue]]:
     a configuration error naming both plugins."""
 
 
+@hookspec(firstresult=True)
+def qsup_queue_identity(config: Any) -> Mapping[str, str] | None:
+    """Which queue *config* names, for a queue kind this plugin offers: a mapping
+    ``{"kind": KIND, "where": WHERE}``, *where* saying which queue of that kind it is,
+    the same however the configuration spells it (the spool's real path; Postfix's
+    ``queue_directory``). Return None for a kind you do not offer.
+
+    Found without opening or changing the queue (no directory made, no lock taken):
+    a state directory records the identity of the queue its supervisor ran on, and
+    ``drain``, ``run``, ``release``, ``purge``, ``list`` and ``show`` naming another
+    queue are refused before anything is touched (CONTRACT §3). A kind no plugin
+    answers for is told apart by its name only."""
+
+
 @hookspec
 def qsup_scanner_types() -> Mapping[str, Callable[[Any], Scanner]]:
     """Offer scanner kinds: name -> factory taking the Config. Merged like queues."""

@@ -198,7 +198,15 @@ class SpoolQueue:
         return self.path(move.origin, move.source or move.qid)
 
     def _unchanged(self, move: Move, src: str) -> bool:
-        """The file at *src* is the one identify() fingerprinted as move.fp."""
+        """The file at *src* is the one identify() fingerprinted as move.fp. A file in
+        quarantine/ is the one qsup put there under that name, whatever its content
+        now: the directory is qsup's own (0700), and a header the postmaster added
+        does not make it another message."""
+        if move.origin == "quarantine":
+            try:
+                return stat.S_ISREG(os.lstat(src).st_mode)
+            except OSError:
+                return False
         seen = self._seen.pop(move.qid, None) if move.origin == "incoming" and not move.source else None
         if seen is not None and seen[1] == move.fp:
             try:
@@ -218,8 +226,8 @@ class SpoolQueue:
                 os.chmod(dst, 0o600, follow_symlinks=False)
             return "moved"
         found = self._identify_path(dst)
-        if found is not None and found[1] == move.fp:
-            return "already"
+        if found is not None and (found[1] == move.fp or move.origin == "quarantine"):
+            return "already"  # (a released file is known by its name, as in _unchanged)
         return "gone"
 
     def head(self, location: str, name: str, limit: int) -> bytes:
@@ -250,3 +258,10 @@ class SpoolQueue:
 @hookimpl
 def qsup_queue_types():
     return {"spool": lambda config: SpoolQueue(config.spool)}
+
+
+@hookimpl
+def qsup_queue_identity(config):
+    if config.queue == "spool":
+        return {"kind": "spool", "where": os.path.realpath(config.spool)}
+    return None

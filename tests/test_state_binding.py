@@ -1,0 +1,140 @@
+"""A state directory belongs to one queue, one qsup runs per queue, lost state is
+noticed, and a request that failed never runs later (CONTRACT §3, §5.9; issue 12,
+findings 3-6)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import DEMO, assert_conserved, spool_counts, wait_for
+
+from quarantine.demo import make_message
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+def mail(qsup, tmp_path):
+    """qsup whose spool is not ./spool (the default, in qsup's working directory), so
+    a command that looks in the default spool looks in the wrong place."""
+    qsup.spool = tmp_path / "mail"
+    return qsup
+
+
+def drained(qsup, make_spool, count: int, poison: dict[int, str]) -> list[str]:
+    ids = make_spool(count, poison)
+    run = qsup.drain("--worker", DEMO)
+    assert run.returncode == 0, run.stderr
+    assert {r["qid"] for r in qsup.listing()} == {ids[i] for i in poison}
+    return ids
+
+
+def quarantined(qsup) -> set[str]:
+    return set(os.listdir(qsup.spool / "quarantine"))
+
+
+def daemon(qsup, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(qsup.argv("run", "--spool", str(qsup.spool), "--worker", DEMO,
+                                      "--poll-interval", "0.1", *args),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=str(qsup.state.parent))
+
+
+def stop(proc: subprocess.Popen) -> str:
+    proc.send_signal(signal.SIGCONT)
+    proc.terminate()
+    _, err = proc.communicate(timeout=60)
+    return err
+
+
+# ------------------------------------------------------- finding 3: bound to one queue
+def test_release_and_purge_without_a_spool_option_use_the_recorded_queue(mail, make_spool, tmp_path):
+    ids = drained(mail, make_spool, 20, {3: "segv", 7: "abort"})
+    rel = mail("release", ids[3])  # the README's form: no --spool
+    assert rel.returncode == 0, rel.stderr
+    assert (mail.spool / "incoming" / ids[3]).exists() and ids[3] not in quarantined(mail)
+    pur = mail("purge", ids[7], "--yes")
+    assert pur.returncode == 0, pur.stderr
+    assert ids[7] not in quarantined(mail)
+    assert mail.listing() == []
+    assert not (tmp_path / "spool").exists()  # the default spool was never made up
+
+
+def test_release_purge_list_show_against_another_spool_refuse_and_touch_nothing(mail, make_spool, tmp_path):
+    ids = drained(mail, make_spool, 20, {3: "segv", 7: "abort"})
+    other = tmp_path / "other"
+    before = mail.listing()
+    for args in (("release", "--all"), ("release", ids[3]), ("purge", ids[7], "--yes"),
+                 ("list",), ("show", ids[3])):
+        proc = mail(*args, "--spool", str(other))
+        assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
+        assert proc.stderr.startswith("qsup: error: ") and len(proc.stderr.splitlines()) == 1, proc.stderr
+        assert str(mail.spool) in proc.stderr and str(other) in proc.stderr
+    assert not other.exists()
+    assert mail.listing() == before
+    assert quarantined(mail) == {ids[3], ids[7]}
+
+
+def test_drain_on_a_state_bound_to_another_spool_exits_2_naming_both(mail, make_spool, tmp_path):
+    drained(mail, make_spool, 10, {2: "segv"})
+    other = tmp_path / "other"
+    for sub in ("tmp", "incoming", "outgoing", "quarantine"):
+        (other / sub).mkdir(parents=True)
+    proc = mail("drain", "--spool", str(other), "--worker", DEMO)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("qsup: error: ") and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert str(mail.spool) in proc.stderr and str(other) in proc.stderr
+    assert len(mail.listing()) == 1
+
+
+def test_a_quarantined_file_with_a_header_added_is_still_that_message(mail, make_spool):
+    ids = drained(mail, make_spool, 20, {4: "segv", 9: "abort"})
+    for qid in (ids[4], ids[9]):
+        path = mail.spool / "quarantine" / qid
+        path.write_bytes(b"X-Looked-At: by the postmaster\n" + path.read_bytes())
+    rel = mail("release", ids[4], "--spool", str(mail.spool))
+    assert rel.returncode == 0, rel.stderr
+    released = mail.spool / "incoming" / ids[4]
+    assert released.read_bytes().startswith(b"X-Looked-At:")
+    pur = mail("purge", ids[9], "--yes", "--spool", str(mail.spool))
+    assert pur.returncode == 0 and "already gone" not in pur.stdout, pur.stdout
+    assert quarantined(mail) == set() and mail.listing() == []
+
+
+def test_releasing_a_changed_quarantined_file_is_idempotent(tmp_path):
+    from quarantine.spool import SpoolQueue
+
+    queue = SpoolQueue(str(tmp_path / "spool"))
+    (tmp_path / "spool" / "incoming" / "M1").write_bytes(make_message(1))
+    _, fp = queue.identify("M1")
+    to_quarantine = queue.plan("M1", fp, "quarantine")
+    assert queue.apply(to_quarantine) == "moved"
+    path = tmp_path / "spool" / "quarantine" / "M1"
+    path.write_bytes(b"X-Looked-At: by the postmaster\n" + path.read_bytes())
+    back = queue.plan("M1", fp, "incoming", origin="quarantine", source=to_quarantine.name)
+    assert queue.apply(back) == "moved"
+    assert queue.apply(back) == "already"  # replayed after a restart: done, not "gone"
+
+
+# ------------------------------------------------------- finding 4: lost state
+def _orphan_files(spool: Path, count: int) -> list[str]:
+    names = []
+    for i in range(count):
+        name = f"O{i:05d}"
+        path = spool / "quarantine" / name
+        path.write_bytes(make_message(1000 + i, None))
+        os.chmod(path, 0o600)
+        names.append(name)
+    return names
+
+
+# ------------------------------------------------------- finding 5: one qsup per queue
+# ------------------------------------------- finding 6: a failed request never runs later
