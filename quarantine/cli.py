@@ -19,7 +19,7 @@ from quarantine.config import (
     find_config,
     load,
 )
-from quarantine.errors import EXIT_OK, ConfigError, NotFound, QsupError
+from quarantine.errors import EXIT_OK, EXIT_STATE, ConfigError, NotFound, QsupError
 from quarantine.store import Store
 from quarantine.views import format_size, format_when, format_why, quarantine_table
 
@@ -243,7 +243,7 @@ def show(ctx: Ctx, qid: str, as_json: bool, **kwargs):
         click.echo("")
 
 
-def _state_action(ctx: Ctx, request: dict, **config_kw) -> list[str]:
+def _state_action(ctx: Ctx, request: dict, **config_kw) -> None:
     """Run a release or purge on the queue the state directory belongs to: in the
     running qsup if there is one, else here."""
     config = ctx.config(config_kw)
@@ -254,7 +254,8 @@ def _state_action(ctx: Ctx, request: dict, **config_kw) -> list[str]:
         answer = ops.submit_request(ctx.state, request)
         if not answer.get("ok"):
             raise NotFound(answer.get("error", "request failed"))
-        return answer["lines"]
+        _report(ops.Done(answer.get("lines", []), answer.get("problems", [])))
+        return
     store = Store(ctx.state, map_mb=config.map_size_mb)
     try:
         with store.read() as r:
@@ -262,10 +263,21 @@ def _state_action(ctx: Ctx, request: dict, **config_kw) -> list[str]:
         queues = plugins.queue_types()
         if config.queue not in queues:
             raise ConfigError(f"queue: unknown kind {config.queue!r} (known: {', '.join(sorted(queues))})")
+        setup_logging("warning" if config.log_level == "info" else config.log_level)
         queue = queues[config.queue](config)
-        return ops.execute(store, queue, request)
+        done = ops.execute(store, queue, request)
     finally:
         store.close()
+    _report(done)
+
+
+def _report(done: ops.Done) -> None:
+    for line in done.lines:
+        click.echo(line)
+    for line in done.problems:
+        click.echo(f"qsup: error: {line}", err=True)
+    if done.problems:
+        sys.exit(EXIT_STATE)
 
 
 @cli.command(epilog=EPILOG)
@@ -279,10 +291,8 @@ def release(ctx: Ctx, ids, everything, no_scan, **kwargs):
     scanner is fixed). Nothing is delivered unscanned unless --no-scan is given."""
     if not ids and not everything:
         raise click.UsageError("name the IDs to release, or give --all")
-    overrides = _overrides(kwargs)
-    for line in _state_action(ctx, {"op": "release", "ids": list(ids), "all": everything,
-                                    "no_scan": no_scan}, **overrides):
-        click.echo(line)
+    _state_action(ctx, {"op": "release", "ids": list(ids), "all": everything, "no_scan": no_scan},
+                  **_overrides(kwargs))
 
 
 @cli.command(epilog=EPILOG)
@@ -298,9 +308,7 @@ def purge(ctx: Ctx, ids, everything, yes, **kwargs):
     if not yes:
         what = "every quarantined message" if everything else ", ".join(ids)
         raise click.UsageError(f"purge deletes mail for good; nothing deleted. Repeat with --yes to delete {what}")
-    overrides = _overrides(kwargs)
-    for line in _state_action(ctx, {"op": "purge", "ids": list(ids), "all": everything}, **overrides):
-        click.echo(line)
+    _state_action(ctx, {"op": "purge", "ids": list(ids), "all": everything}, **_overrides(kwargs))
 
 
 @cli.command(epilog=EPILOG)

@@ -94,7 +94,11 @@ class Queue(Protocol):
         (``"incoming"``, ``"quarantine"`` …) — for headers; never the whole body."""
 
     def purge(self, name: str) -> bool:
-        """Delete a quarantined message for good. True if it existed."""
+        """Delete a quarantined message for good. True if it existed.
+
+        Optional companion: ``quarantine_names()``, the names of every message in
+        the quarantine (what :meth:`plan` named them), so that a record whose file
+        is missing is said, not moved, and a file without a record is found."""
 
     def reports(self) -> list[str]:
         """New one-line reports (odd entries found) since the last call."""

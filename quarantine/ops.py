@@ -11,6 +11,8 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from quarantine import moves
 from quarantine.errors import NotFound, StateError
@@ -64,32 +66,63 @@ def _select(store: Store, ids: list[str], everything: bool) -> list[dict]:
     return chosen
 
 
-def release(store: Store, queue: Queue, ids: list[str], everything: bool, no_scan: bool) -> list[str]:
-    """Put quarantined messages back into the queue (or straight on, with no_scan)."""
-    lines = []
+@dataclass
+class Done:
+    """What a release or purge did, a line each, and what it could not do (each an
+    error line; the command then exits 4)."""
+
+    lines: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"lines": self.lines, "problems": self.problems}
+
+
+def _present(queue: Queue) -> Callable[[str], bool]:
+    """Is a quarantined file of that name in *queue*? (Yes if the queue cannot list
+    its quarantine: the move finds out.)"""
+    names = getattr(queue, "quarantine_names", None)
+    if names is None:
+        return lambda name: True
+    found = set(names())
+    return found.__contains__
+
+
+def _missing(rec: dict) -> str:
+    qid, name = rec["qid"], rec.get("name", rec["qid"])
+    return (f"{qid}: its quarantined file {name} is missing from the queue; nothing released, "
+            f"the record is kept (qsup purge {qid} --yes removes it)")
+
+
+def release(store: Store, queue: Queue, ids: list[str], everything: bool, no_scan: bool) -> Done:
+    """Put quarantined messages back into the queue (or straight on, with no_scan).
+    A record whose file is missing stays: only purge removes it."""
+    done, present = Done(), _present(queue)
     for rec in _select(store, ids, everything):
+        name = rec.get("name", rec["qid"])
+        if not present(name):
+            done.problems.append(_missing(rec))
+            continue
         dest = "outgoing" if no_scan else "incoming"
-        mv = queue.plan(rec["qid"], rec["fp"], dest, origin="quarantine", source=rec.get("name", rec["qid"]))
+        mv = queue.plan(rec["qid"], rec["fp"], dest, origin="quarantine", source=name)
         result = moves.move(store, queue, f"release/{rec['key']}", [mv], time.time())[0]
-        if result == "gone":
-            lines.append(f"{rec['qid']}: the quarantined file is missing; record removed")
-            with store.write() as w:
-                w.delete("quarantine", rec["key"])
+        if result == "gone":  # the record stays (moves.complete keeps it)
+            done.problems.append(_missing(rec))
             continue
         where = "on without a scan" if no_scan else "back into the queue to be scanned again"
-        lines.append(f"released {rec['qid']} to {where}" + (f" as {mv.name}" if mv.name != rec["qid"] else ""))
-    return lines
+        done.lines.append(f"released {rec['qid']} to {where}" + (f" as {mv.name}" if mv.name != rec["qid"] else ""))
+    return done
 
 
-def purge(store: Store, queue: Queue, ids: list[str], everything: bool) -> list[str]:
+def purge(store: Store, queue: Queue, ids: list[str], everything: bool) -> Done:
     """Delete quarantined messages for good: the only place qsup deletes mail."""
-    lines = []
+    done = Done()
     for rec in _select(store, ids, everything):
         existed = queue.purge(rec.get("name", rec["qid"]))
         with store.write() as w:
             w.delete("quarantine", rec["key"])
-        lines.append(f"purged {rec['qid']}" + ("" if existed else " (file was already gone)"))
-    return lines
+        done.lines.append(f"purged {rec['qid']}" + ("" if existed else " (file was already gone)"))
+    return done
 
 
 # ------------------------------------------------------------ daemon requests
@@ -130,7 +163,7 @@ def serve_requests(state: str, store: Store, queue: Queue) -> int:
         try:
             with open(path) as fh:
                 req = json.load(fh)
-            result = {"ok": True, "lines": execute(store, queue, req)}
+            result = {"ok": True, **execute(store, queue, req).to_json()}
         except NotFound as exc:
             result = {"ok": False, "error": str(exc), "code": exc.exit_code}
         except (ValueError, KeyError, OSError) as exc:
@@ -143,7 +176,7 @@ def serve_requests(state: str, store: Store, queue: Queue) -> int:
     return len(names)
 
 
-def execute(store: Store, queue: Queue, req: dict) -> list[str]:
+def execute(store: Store, queue: Queue, req: dict) -> Done:
     ids, everything = list(req.get("ids", [])), bool(req.get("all"))
     if req["op"] == "release":
         return release(store, queue, ids, everything, bool(req.get("no_scan")))

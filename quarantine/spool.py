@@ -242,6 +242,13 @@ class SpoolQueue:
         finally:
             os.close(fd)
 
+    def quarantine_names(self) -> Iterator[str]:
+        """The names of the files in quarantine/ (regular files with queue-ID names)."""
+        with os.scandir(self.dir("quarantine")) as it:
+            for entry in it:
+                if is_queue_id(entry.name) and entry.is_file(follow_symlinks=False):
+                    yield entry.name
+
     def purge(self, name: str) -> bool:
         if not is_queue_id(name):
             return False

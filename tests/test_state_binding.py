@@ -124,6 +124,18 @@ def test_releasing_a_changed_quarantined_file_is_idempotent(tmp_path):
     assert queue.apply(back) == "already"  # replayed after a restart: done, not "gone"
 
 
+def test_a_missing_quarantined_file_is_said_and_its_record_kept_until_purged(mail, make_spool):
+    ids = drained(mail, make_spool, 10, {5: "segv"})
+    (mail.spool / "quarantine" / ids[5]).unlink()
+    rel = mail("release", ids[5])
+    assert rel.returncode == 4, (rel.stdout, rel.stderr)
+    assert rel.stderr.startswith(f"qsup: error: {ids[5]}: ") and "missing" in rel.stderr
+    assert [r["qid"] for r in mail.listing()] == [ids[5]]
+    pur = mail("purge", ids[5], "--yes")
+    assert pur.returncode == 0 and "already gone" in pur.stdout, (pur.stdout, pur.stderr)
+    assert mail.listing() == []
+
+
 # ------------------------------------------------------- finding 4: lost state
 def _orphan_files(spool: Path, count: int) -> list[str]:
     names = []

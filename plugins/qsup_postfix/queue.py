@@ -303,7 +303,8 @@ class PostfixQueue:
         claim = self.store.claim(name)
         held = self._held(move.qid, move.fp)
         if claim is not None and not held:
-            self.store.drop_claim(name)
+            # The claim stays with the copy, the only one left: qsup's record of it is
+            # kept, and only a purge removes the three.
             log.warning("%s is no longer on hold in Postfix (deleted outside qsup?); its copy stays "
                         "in %s", move.qid, self.store.path(name))
             return "gone"
@@ -323,6 +324,10 @@ class PostfixQueue:
         if location == "incoming":
             return self.postfix.headers(name, limit) if self.identify(name) else b""
         return b""
+
+    def quarantine_names(self) -> list[str]:
+        """The names of the quarantined messages (their claims)."""
+        return sorted(self.store.claims())
 
     def purge(self, name: str) -> bool:
         if not is_queue_id(name):
