@@ -109,8 +109,10 @@ def release(store: Store, queue: Queue, ids: list[str], everything: bool, no_sca
         if result == "gone":  # the record stays (moves.complete keeps it)
             done.problems.append(_missing(rec))
             continue
-        where = "on without a scan" if no_scan else "back into the queue to be scanned again"
-        done.lines.append(f"released {rec['qid']} to {where}" + (f" as {mv.name}" if mv.name != rec["qid"] else ""))
+        named = f" as {mv.name}" if mv.name != rec["qid"] else ""
+        where = (f"delivered without a scan{named} (--no-scan)" if no_scan
+                 else f"back in the queue{named} to be scanned again")
+        done.lines.append(f"qsup: released {rec['qid']}: {where}")
     return done
 
 
@@ -121,7 +123,8 @@ def purge(store: Store, queue: Queue, ids: list[str], everything: bool) -> Done:
         existed = queue.purge(rec.get("name", rec["qid"]))
         with store.write() as w:
             w.delete("quarantine", rec["key"])
-        done.lines.append(f"purged {rec['qid']}" + ("" if existed else " (file was already gone)"))
+        gone = f" (its quarantined file {rec.get('name', rec['qid'])} was already gone; record removed)"
+        done.lines.append(f"qsup: purged {rec['qid']}" + ("" if existed else gone))
     return done
 
 

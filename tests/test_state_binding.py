@@ -136,6 +136,17 @@ def test_a_missing_quarantined_file_is_said_and_its_record_kept_until_purged(mai
     assert mail.listing() == []
 
 
+def test_release_and_purge_lines_read_as_sentences(mail, make_spool):
+    ids = drained(mail, make_spool, 20, {3: "segv", 7: "abort", 11: "segv"})
+    spool = ("--spool", str(mail.spool))
+    rel = mail("release", ids[3], *spool)
+    assert rel.stdout == f"qsup: released {ids[3]}: back in the queue to be scanned again\n"
+    rel = mail("release", ids[7], "--no-scan", *spool)
+    assert rel.stdout == f"qsup: released {ids[7]}: delivered without a scan (--no-scan)\n"
+    pur = mail("purge", ids[11], "--yes", *spool)
+    assert pur.stdout == f"qsup: purged {ids[11]}\n"
+
+
 # ------------------------------------------------------- finding 4: lost state
 def _orphan_files(spool: Path, count: int) -> list[str]:
     names = []
