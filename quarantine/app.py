@@ -8,10 +8,11 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from quarantine import binding, pm
+from quarantine import binding, orphans, pm
 from quarantine.config import Config
 from quarantine.errors import ConfigError
 from quarantine.store import Store
@@ -39,6 +40,7 @@ def build_supervisor(state_dir: str, config: Config, mode: str,
         binding.bind(store, binding.named(plugins, config))  # before the queue is touched
         queue = queues[config.queue](config)
         scanner = scanners[config.scanner](config)
+        orphans.adopt(store, queue, time.time())  # a lost state's quarantine, never ignored
     except OSError as exc:
         store.close()
         raise ConfigError(f"queue {config.queue}: {exc.strerror or exc}: {exc.filename or ''}")

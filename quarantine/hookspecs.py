@@ -51,6 +51,18 @@ class Move:
     source: str = ""  # its name there, if not the queue ID (a quarantined file)
 
 
+@dataclass(frozen=True)
+class Quarantined:
+    """A message in a queue's quarantine, as the queue sees it (not as qsup's records
+    do): found under *name*, it stands for queue ID *qid* with fingerprint *fp*."""
+
+    name: str
+    qid: str
+    fp: str
+    size: int
+    since: float  # wall time it has been there since, as near as the queue knows
+
+
 class Queue(Protocol):
     """What a queue plugin's factory returns."""
 
@@ -96,9 +108,11 @@ class Queue(Protocol):
     def purge(self, name: str) -> bool:
         """Delete a quarantined message for good. True if it existed.
 
-        Optional companion: ``quarantine_names()``, the names of every message in
+        Optional companions: ``quarantine_names()``, the names of every message in
         the quarantine (what :meth:`plan` named them), so that a record whose file
-        is missing is said, not moved, and a file without a record is found."""
+        is missing is said, not moved; and ``quarantined(name)``, a
+        :class:`Quarantined` or None, so that a file no record names (a lost or
+        reset state) is found and recorded as an orphan."""
 
     def reports(self) -> list[str]:
         """New one-line reports (odd entries found) since the last call."""

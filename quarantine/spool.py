@@ -16,10 +16,11 @@ import ctypes
 import errno
 import heapq
 import os
+import re
 import stat
 from collections.abc import Callable, Iterator
 
-from quarantine.hookspecs import MessageRef, Move, hookimpl
+from quarantine.hookspecs import MessageRef, Move, Quarantined, hookimpl
 from quarantine.ids import FINGERPRINT_BYTES, fingerprint, is_queue_id
 from quarantine.reports import Reports, file_kind
 
@@ -76,6 +77,9 @@ def _stat_head(path: str, limit: int) -> tuple[os.stat_result, bytes] | None:
 def _stamp(st: os.stat_result) -> tuple:
     """What changes when a file is rewritten or another one is renamed over its name."""
     return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+_TAKEN = re.compile(r"(.+)\.[0-9a-f]{12}(?:\.[0-9]+)?")  # QID + what plan() adds to a taken name
 
 
 def describe_name(name: str) -> str:
@@ -248,6 +252,18 @@ class SpoolQueue:
             for entry in it:
                 if is_queue_id(entry.name) and entry.is_file(follow_symlinks=False):
                     yield entry.name
+
+    def quarantined(self, name: str) -> Quarantined | None:
+        if not is_queue_id(name):
+            return None
+        found = _stat_head(self.path("quarantine", name), FINGERPRINT_BYTES)
+        if found is None:
+            return None
+        st, head = found
+        taken = _TAKEN.fullmatch(name)
+        qid = taken.group(1) if taken and is_queue_id(taken.group(1)) else name
+        # ctime: the rename into quarantine/ (and its chmod), not the message's arrival
+        return Quarantined(name, qid, fingerprint(st.st_size, head), st.st_size, st.st_ctime)
 
     def purge(self, name: str) -> bool:
         if not is_queue_id(name):

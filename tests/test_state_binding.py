@@ -159,5 +159,30 @@ def _orphan_files(spool: Path, count: int) -> list[str]:
     return names
 
 
+def test_files_in_quarantine_without_a_record_are_listed_as_orphans(mail, make_spool):
+    ids = drained(mail, make_spool, 20, {3: "segv"})
+    extra = _orphan_files(mail.spool, 300)
+    shutil.rmtree(mail.state)  # the state lost: a fresh one beside a full quarantine/
+    run = mail.drain("--worker", DEMO)
+    assert run.returncode == 0, run.stderr
+    said = [ln for ln in run.stderr.splitlines() if "orphan" in ln]
+    assert len(said) == 1 and "301" in said[0], run.stderr
+    rows = {r["qid"]: r for r in mail.listing()}
+    assert set(rows) == set(extra) | {ids[3]}
+    assert all(r["kind"] == "orphan" and r["why"] == "no record: state lost or reset" for r in rows.values())
+    assert rows["O00007"]["subject"] and rows["O00007"]["sender"]
+    table = mail("list")
+    assert "orphan" in table.stdout and "O00007" in table.stdout
+    again = mail.drain("--worker", DEMO)  # found once: not again at the next start
+    assert not [ln for ln in again.stderr.splitlines() if "orphan" in ln], again.stderr
+    assert len(mail.listing()) == 301
+
+    assert mail("release", "O00007").returncode == 0
+    assert (mail.spool / "incoming" / "O00007").exists()
+    assert mail("purge", ids[3], "O00008", "--yes").returncode == 0
+    assert not {ids[3], "O00008"} & quarantined(mail)
+    assert len(mail.listing()) == 298 == len(quarantined(mail))
+
+
 # ------------------------------------------------------- finding 5: one qsup per queue
 # ------------------------------------------- finding 6: a failed request never runs later

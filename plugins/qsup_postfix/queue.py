@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 
 from qsup_postfix.commands import Postfix, PostfixError
 from qsup_postfix.store import QuarantineStore
-from quarantine.hookspecs import MessageRef, Move
+from quarantine.hookspecs import MessageRef, Move, Quarantined
 from quarantine.ids import fingerprint, is_queue_id
 from quarantine.reports import Reports, file_kind
 from quarantine.spool import read_head
@@ -328,6 +328,17 @@ class PostfixQueue:
     def quarantine_names(self) -> list[str]:
         """The names of the quarantined messages (their claims)."""
         return sorted(self.store.claims())
+
+    def quarantined(self, name: str) -> Quarantined | None:
+        claim = self.store.claim(name) if is_queue_id(name) else None
+        if claim is None:
+            return None
+        try:
+            st = os.stat(self.store.path(name))
+            size, since = st.st_size, st.st_mtime
+        except OSError:
+            size, since = 0, time.time()  # the claim without its copy: still on hold
+        return Quarantined(name, claim[0], claim[1], size, since)
 
     def purge(self, name: str) -> bool:
         if not is_queue_id(name):
