@@ -4,6 +4,7 @@
     SPOOL/incoming/    one regular file per message; the file name is the queue ID
     SPOOL/outgoing/    scanned messages
     SPOOL/quarantine/  poison messages (0700, files 0600)
+    SPOOL/.qsup.lock   held by the one qsup draining this spool, whatever its state
 
 Anything in incoming/ that is not a regular file with a queue-ID name is never read,
 moved or followed, and reported once. Moves are rename() within the file system and
@@ -18,13 +19,16 @@ import heapq
 import os
 import re
 import stat
+import weakref
 from collections.abc import Callable, Iterator
 
 from quarantine.hookspecs import MessageRef, Move, Quarantined, hookimpl
 from quarantine.ids import FINGERPRINT_BYTES, fingerprint, is_queue_id
+from quarantine.lock import PidLock
 from quarantine.reports import Reports, file_kind
 
 SUBDIRS = ("tmp", "incoming", "outgoing", "quarantine")
+LOCK_FILE = ".qsup.lock"  # in the spool directory, beside incoming/: one qsup per spool
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _SEEN_CAP = 200_000
 LIST_STEP = 2_000  # directory entries per slice of pending_steps() (~15 ms)
@@ -90,12 +94,18 @@ def describe_name(name: str) -> str:
 class SpoolQueue:
     name = "spool"
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, lock: bool = False):
+        """The spool in *root*; with *lock*, held against any other qsup (whatever its
+        state directory) until :meth:`close`, or until the queue is dropped."""
         self.root = os.path.abspath(root)
         self._dirs = {sub: os.path.join(self.root, sub) for sub in SUBDIRS}
         for sub in SUBDIRS:
             os.makedirs(self.dir(sub), mode=0o700 if sub == "quarantine" else 0o755, exist_ok=True)
         os.chmod(self.dir("quarantine"), 0o700)
+        self._lock = PidLock(os.path.join(self.root, LOCK_FILE))
+        if lock:
+            self._lock.acquire(f"spool {self.root}", rule="one qsup per queue")
+            weakref.finalize(self, self._lock.release)
         self._reports = Reports()  # odd names in incoming/, each reported once
         # queue ID -> (stamp, fingerprint) from identify(): apply() checks that the file
         # it moves is still the one fingerprinted with one lstat instead of a re-read
@@ -277,10 +287,13 @@ class SpoolQueue:
     def reports(self) -> list[str]:
         return self._reports.take()
 
+    def close(self) -> None:
+        self._lock.release()
+
 
 @hookimpl
 def qsup_queue_types():
-    return {"spool": lambda config: SpoolQueue(config.spool)}
+    return {"spool": lambda config: SpoolQueue(config.spool, lock=True)}
 
 
 @hookimpl

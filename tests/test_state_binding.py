@@ -185,4 +185,25 @@ def test_files_in_quarantine_without_a_record_are_listed_as_orphans(mail, make_s
 
 
 # ------------------------------------------------------- finding 5: one qsup per queue
+def test_a_second_drain_on_the_same_spool_with_another_state_exits_4(mail, make_spool, tmp_path):
+    ids = make_spool(40, {5: "segv"})
+    first = subprocess.Popen(mail.argv("drain", "--spool", str(mail.spool), "--worker",
+                                       DEMO + " --delay 0.2", "--workers", "1", "--batch-size", "5"),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             cwd=str(tmp_path))
+    try:
+        wait_for(lambda: os.listdir(mail.spool / "outgoing"), what="the first drain to deliver")
+        second = subprocess.run([sys.executable, "-m", "quarantine", "--state", str(tmp_path / "state2"),
+                                 "drain", "--spool", str(mail.spool), "--worker", DEMO],
+                                capture_output=True, text=True, timeout=60, cwd=str(tmp_path))
+        assert second.returncode == 4, (second.stdout, second.stderr)
+        assert f"pid {first.pid}" in second.stderr and len(second.stderr.splitlines()) == 1, second.stderr
+        assert first.poll() is None
+    finally:
+        _, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    where = assert_conserved(mail.spool, ids)
+    assert where["quarantine"] == {ids[5]} and where["incoming"] == set()
+
+
 # ------------------------------------------- finding 6: a failed request never runs later
