@@ -19,7 +19,7 @@ from quarantine.config import (
     find_config,
     load,
 )
-from quarantine.errors import EXIT_OK, EXIT_STATE, ConfigError, NotFound, QsupError
+from quarantine.errors import EXIT_OK, EXIT_STATE, ConfigError, NotFound, QsupError, StateError
 from quarantine.store import Store
 from quarantine.views import format_size, format_when, format_why, quarantine_table
 
@@ -74,6 +74,13 @@ def queue_options(func):
         field = BY_NAME[name]
         func = click.option(_flag(field), name, type=str, default=None, help=field.help)(func)
     return func
+
+
+def wait_option(func):
+    return click.option("--wait", type=click.FloatRange(min=0.1), default=ops.WAIT, show_default=True,
+                        metavar="SECONDS",
+                        help="How long the running qsup may take to pick the request up; "
+                             "after that it is withdrawn and nothing is done.")(func)
 
 
 def _overrides(kwargs: dict) -> dict:
@@ -243,17 +250,20 @@ def show(ctx: Ctx, qid: str, as_json: bool, **kwargs):
         click.echo("")
 
 
-def _state_action(ctx: Ctx, request: dict, **config_kw) -> None:
+def _state_action(ctx: Ctx, request: dict, wait: float, **config_kw) -> None:
     """Run a release or purge on the queue the state directory belongs to: in the
-    running qsup if there is one, else here."""
+    running qsup if there is one (withdrawn if it does not take it within *wait*
+    seconds), else here."""
     config = ctx.config(config_kw)
+    setup_logging("warning" if config.log_level == "info" else config.log_level)
     plugins = pm.build()
     holder = Store.holder(ctx.state) if os.path.isdir(ctx.state) else None
     if holder:
         binding.resolve(plugins, config, binding.recorded_in(ctx.state), ctx.state)
-        answer = ops.submit_request(ctx.state, request)
+        answer = ops.submit_request(ctx.state, request, wait)
         if not answer.get("ok"):
-            raise NotFound(answer.get("error", "request failed"))
+            failed = StateError if answer.get("code") == EXIT_STATE else NotFound
+            raise failed(answer.get("error", "request failed"))
         _report(ops.Done(answer.get("lines", []), answer.get("problems", [])))
         return
     store = Store(ctx.state, map_mb=config.map_size_mb)
@@ -263,7 +273,6 @@ def _state_action(ctx: Ctx, request: dict, **config_kw) -> None:
         queues = plugins.queue_types()
         if config.queue not in queues:
             raise ConfigError(f"queue: unknown kind {config.queue!r} (known: {', '.join(sorted(queues))})")
-        setup_logging("warning" if config.log_level == "info" else config.log_level)
         queue = queues[config.queue](config)
         done = ops.execute(store, queue, request)
     finally:
@@ -284,31 +293,33 @@ def _report(done: ops.Done) -> None:
 @click.argument("ids", nargs=-1)
 @click.option("--all", "everything", is_flag=True, help="Release every quarantined message.")
 @click.option("--no-scan", is_flag=True, help="Hand the messages on without scanning them again.")
+@wait_option
 @config_options
 @click.pass_obj
-def release(ctx: Ctx, ids, everything, no_scan, **kwargs):
+def release(ctx: Ctx, ids, everything, no_scan, wait, **kwargs):
     """Put quarantined messages back into the queue to be scanned again (after the
     scanner is fixed). Nothing is delivered unscanned unless --no-scan is given."""
     if not ids and not everything:
         raise click.UsageError("name the IDs to release, or give --all")
     _state_action(ctx, {"op": "release", "ids": list(ids), "all": everything, "no_scan": no_scan},
-                  **_overrides(kwargs))
+                  wait, **_overrides(kwargs))
 
 
 @cli.command(epilog=EPILOG)
 @click.argument("ids", nargs=-1)
 @click.option("--all", "everything", is_flag=True, help="Purge every quarantined message.")
 @click.option("--yes", is_flag=True, help="Really delete: without it nothing is deleted.")
+@wait_option
 @config_options
 @click.pass_obj
-def purge(ctx: Ctx, ids, everything, yes, **kwargs):
+def purge(ctx: Ctx, ids, everything, yes, wait, **kwargs):
     """Delete quarantined messages for good: the only command that deletes mail."""
     if not ids and not everything:
         raise click.UsageError("name the IDs to purge, or give --all")
     if not yes:
         what = "every quarantined message" if everything else ", ".join(ids)
         raise click.UsageError(f"purge deletes mail for good; nothing deleted. Repeat with --yes to delete {what}")
-    _state_action(ctx, {"op": "purge", "ids": list(ids), "all": everything}, **_overrides(kwargs))
+    _state_action(ctx, {"op": "purge", "ids": list(ids), "all": everything}, wait, **_overrides(kwargs))
 
 
 @cli.command(epilog=EPILOG)

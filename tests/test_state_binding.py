@@ -207,3 +207,114 @@ def test_a_second_drain_on_the_same_spool_with_another_state_exits_4(mail, make_
 
 
 # ------------------------------------------- finding 6: a failed request never runs later
+def test_a_request_that_timed_out_never_takes_effect_later(mail, make_spool):
+    ids = make_spool(12, {2: "segv", 6: "abort"})
+    run = daemon(mail)
+    try:
+        wait_for(lambda: {ids[2], ids[6]} <= quarantined(mail), 90, "the quarantine")
+        wait_for(lambda: len(mail.listing()) == 2, 30, "the records")
+        run.send_signal(signal.SIGSTOP)
+        for args in (("purge", ids[2], "--yes"), ("release", ids[6], "--no-scan")):
+            t0 = time.monotonic()
+            proc = mail(*args, "--wait", "2")
+            assert proc.returncode == 4, (args, proc.stdout, proc.stderr)
+            assert time.monotonic() - t0 < 15
+            assert proc.stderr.startswith("qsup: error: ") and "2s" in proc.stderr, proc.stderr
+            assert "nothing was done" in proc.stderr, proc.stderr
+        run.send_signal(signal.SIGCONT)
+        time.sleep(2.0)  # several of the daemon's looks at its requests
+        assert {ids[2], ids[6]} <= quarantined(mail)
+        assert not (mail.spool / "outgoing" / ids[6]).exists()
+        assert {r["qid"] for r in mail.listing()} == {ids[2], ids[6]}
+        assert os.listdir(mail.state / "requests") == []
+        later = mail("release", ids[6], "--no-scan")  # the daemon is well again
+        assert later.returncode == 0, later.stderr
+        assert (mail.spool / "outgoing" / ids[6]).exists()
+    finally:
+        err = stop(run)
+    assert run.returncode == 0, err
+    assert_conserved(mail.spool, ids)
+
+
+def test_the_daemon_ignores_a_request_past_its_deadline(mail, make_spool):
+    ids = make_spool(8, {2: "segv"})
+    run = daemon(mail)
+    try:
+        wait_for(lambda: ids[2] in quarantined(mail), 90, "the quarantine")
+        wait_for(lambda: len(mail.listing()) == 1, 30, "the record")
+        folder = mail.state / "requests"
+        folder.mkdir(exist_ok=True)
+        # what a client killed while it waited leaves behind
+        req = {"op": "purge", "ids": [ids[2]], "all": False, "deadline": time.time() - 1}
+        (folder / "dead.req").write_text(json.dumps(req))
+        wait_for(lambda: not (folder / "dead.req").exists(), 30, "the daemon to look at it")
+        time.sleep(0.5)
+        assert ids[2] in quarantined(mail) and len(mail.listing()) == 1
+    finally:
+        err = stop(run)
+    assert run.returncode == 0, err
+    assert "past its deadline" in err
+
+
+def test_release_against_another_spool_while_the_daemon_runs_refuses(mail, make_spool, tmp_path):
+    ids = make_spool(8, {2: "segv"})
+    run = daemon(mail)
+    try:
+        wait_for(lambda: ids[2] in quarantined(mail), 90, "the quarantine")
+        wait_for(lambda: len(mail.listing()) == 1, 30, "the record")
+        proc = mail("release", "--all", "--spool", str(tmp_path / "other"))
+        assert proc.returncode == 2, (proc.stdout, proc.stderr)
+        assert str(mail.spool) in proc.stderr
+        time.sleep(0.5)
+        assert ids[2] in quarantined(mail) and len(mail.listing()) == 1
+        assert not (tmp_path / "other").exists()
+    finally:
+        err = stop(run)
+    assert run.returncode == 0, err
+    assert spool_counts(mail.spool)["quarantine"] == {ids[2]}
+
+
+def test_a_request_the_daemon_took_is_waited_for_not_withdrawn(tmp_path):
+    """The client's side of the hand-over, with this process as the daemon: it holds
+    the state and takes the request (renames it) just as the client's wait ends."""
+    import threading
+
+    from quarantine import ops
+    from quarantine.errors import StateError
+    from quarantine.store import Store
+
+    state = tmp_path / "state"
+    store = Store(str(state))
+    folder = state / "requests"
+    folder.mkdir()
+    results: list = []
+
+    def client():
+        try:
+            results.append(ops.submit_request(str(state), {"op": "purge", "ids": ["M1"]}, timeout=0.5))
+        except StateError as exc:
+            results.append(exc)
+
+    def take() -> Path:
+        wait_for(lambda: [n for n in os.listdir(folder) if n.endswith(".req")], 10, "the request")
+        req = next(folder / n for n in os.listdir(folder) if n.endswith(".req"))
+        work = req.with_suffix(".work")
+        os.rename(req, work)
+        return work
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    work = take()
+    time.sleep(1.0)  # past the client's wait: it cannot withdraw what was taken
+    assert thread.is_alive()
+    work.with_suffix(".ans").write_text(json.dumps({"ok": True, "lines": ["done"], "problems": []}))
+    thread.join(10)
+    assert results == [{"ok": True, "lines": ["done"], "problems": []}]
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    take()
+    time.sleep(1.0)
+    store.close()  # the daemon stops before it answers
+    thread.join(10)
+    assert isinstance(results[-1], StateError) and "stopped before answering" in str(results[-1])
