@@ -69,11 +69,12 @@ def queue_options(func):
     """The flags that name a queue, for the commands that only read (list, show): a
     state directory belongs to one queue, and refuses another (binding.py)."""
     func = click.option("--plugin-option", "plugin_option", multiple=True, metavar="NAME.KEY=VALUE",
-                        help="An option of the queue's plugin (repeatable).")(func)
-    for name in ("spool", "queue"):
-        field = BY_NAME[name]
-        func = click.option(_flag(field), name, type=str, default=None, help=field.help)(func)
-    return func
+                        help="An option of the queue's plugin (repeatable), for the same check.")(func)
+    func = click.option("--queue", "queue", default=None, metavar="KIND",
+                        help="Queue kind, for the same check.")(func)
+    return click.option("--spool", "spool", default=None, metavar="DIR",
+                        help="Refuse (exit 2) unless the state directory belongs to this spool. "
+                             "Default: no check; the state's own queue.")(func)
 
 
 def wait_option(func):

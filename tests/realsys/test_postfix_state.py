@@ -45,7 +45,8 @@ def test_postfix_state_is_bound_lost_state_is_found_and_records_are_kept(pf, qsu
 
     # An orphan is released like any quarantined message: scanned again, delivered.
     out = qsup("release", ids[3])
-    assert out.returncode == 0 and out.stdout == f"qsup: released {ids[3]}: back in the queue to be scanned again\n"
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == f"qsup: released {ids[3]}: back in the queue to be scanned again\n"
     again = qsup("drain", "--json", "--worker", f"{SCANNER} --fixed")
     assert again.returncode == 0 and qsup.summary(again)["delivered"] == 1, again.stderr
     harness.wait_until(lambda: ids[3] not in pf.hold_ids(), 30, what="the release")
