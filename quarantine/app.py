@@ -8,10 +8,11 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from quarantine import pm
+from quarantine import binding, orphans, pm
 from quarantine.config import Config
 from quarantine.errors import ConfigError
 from quarantine.store import Store
@@ -23,8 +24,9 @@ if TYPE_CHECKING:
 def build_supervisor(state_dir: str, config: Config, mode: str,
                      adopt: bool = True) -> tuple[Supervisor, Store]:
     """The supervisor of *config*'s queue and scanner over the state in *state_dir*
-    (opened for writing: it holds the lock), and that store, for the caller to close
-    after serving. With *adopt*, qsup becomes the subreaper of its workers' orphans."""
+    (opened for writing: it holds the lock; bound to that queue, see binding.py), and
+    that store, for the caller to close after serving. With *adopt*, qsup becomes
+    the subreaper of its workers' orphans."""
     from quarantine.supervisor import Supervisor  # the loop and its process machinery
 
     plugins = pm.build()
@@ -35,8 +37,10 @@ def build_supervisor(state_dir: str, config: Config, mode: str,
         raise ConfigError(f"scanner: unknown kind {config.scanner!r} (known: {', '.join(sorted(scanners))})")
     store = Store(state_dir, map_mb=config.map_size_mb)
     try:
+        binding.bind(store, binding.named(plugins, config))  # before the queue is touched
         queue = queues[config.queue](config)
         scanner = scanners[config.scanner](config)
+        orphans.adopt(store, queue, time.time())  # a lost state's quarantine, never ignored
     except OSError as exc:
         store.close()
         raise ConfigError(f"queue {config.queue}: {exc.strerror or exc}: {exc.filename or ''}")

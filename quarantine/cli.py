@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from quarantine import ops, pm
+from quarantine import binding, ops, pm
 from quarantine.app import build_supervisor, handle_signals, setup_logging
 from quarantine.config import (
     BY_NAME,
@@ -19,7 +19,7 @@ from quarantine.config import (
     find_config,
     load,
 )
-from quarantine.errors import EXIT_OK, NotFound, QsupError
+from quarantine.errors import EXIT_OK, EXIT_STATE, ConfigError, NotFound, QsupError, StateError
 from quarantine.store import Store
 from quarantine.views import format_size, format_when, format_why, quarantine_table
 
@@ -63,6 +63,25 @@ def config_options(func):
         func = click.option(_flag(field), field.name, type=kind, default=None,
                             help=field.help, show_default=False)(func)
     return func
+
+
+def queue_options(func):
+    """The flags that name a queue, for the commands that only read (list, show): a
+    state directory belongs to one queue, and refuses another (binding.py)."""
+    func = click.option("--plugin-option", "plugin_option", multiple=True, metavar="NAME.KEY=VALUE",
+                        help="An option of the queue's plugin (repeatable), for the same check.")(func)
+    func = click.option("--queue", "queue", default=None, metavar="KIND",
+                        help="Queue kind, for the same check.")(func)
+    return click.option("--spool", "spool", default=None, metavar="DIR",
+                        help="Refuse (exit 2) unless the state directory belongs to this spool. "
+                             "Default: no check; the state's own queue.")(func)
+
+
+def wait_option(func):
+    return click.option("--wait", type=click.FloatRange(min=0.1), default=ops.WAIT, show_default=True,
+                        metavar="SECONDS",
+                        help="How long the running qsup may take to pick the request up; "
+                             "after that it is withdrawn and nothing is done.")(func)
 
 
 def _overrides(kwargs: dict) -> dict:
@@ -149,16 +168,29 @@ def run(ctx: Ctx, **kwargs):
 
 
 # ------------------------------------------------------------------ inspecting
-def _open_read(ctx: Ctx) -> Store:
-    return Store(ctx.state, readonly=True)
+def _open_read(ctx: Ctx, overrides: dict | None = None) -> Store:
+    """The state, read-only; with *overrides* (queue flags), refused if it belongs to
+    another queue than the one they or the configuration file name."""
+    store = Store(ctx.state, readonly=True)
+    if overrides is not None:
+        try:
+            config = ctx.config(overrides)
+            if binding.names_a_queue(config):
+                with store.read() as r:
+                    binding.resolve(pm.build(), config, binding.recorded(r), ctx.state)
+        except BaseException:
+            store.close()
+            raise
+    return store
 
 
 @cli.command("list", epilog=EPILOG)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@queue_options
 @click.pass_obj
-def list_(ctx: Ctx, as_json: bool):
+def list_(ctx: Ctx, as_json: bool, **kwargs):
     """The quarantine, newest first: ID, when, why, strikes, size, sender, subject."""
-    store = _open_read(ctx)
+    store = _open_read(ctx, _overrides(kwargs))
     try:
         rows = ops.records(store)
     finally:
@@ -177,11 +209,12 @@ def list_(ctx: Ctx, as_json: bool):
 @cli.command(epilog=EPILOG)
 @click.argument("qid")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@queue_options
 @click.pass_obj
-def show(ctx: Ctx, qid: str, as_json: bool):
+def show(ctx: Ctx, qid: str, as_json: bool, **kwargs):
     """One message: every attempt (batch size, worker pid, crash kind, signal or
     exit code, peak RSS, duration, stderr tail), the bisection path, headers."""
-    store = _open_read(ctx)
+    store = _open_read(ctx, _overrides(kwargs))
     try:
         found = ops.details(store, qid)
     finally:
@@ -223,56 +256,76 @@ def show(ctx: Ctx, qid: str, as_json: bool):
         click.echo("")
 
 
-def _state_action(ctx: Ctx, request: dict, **config_kw) -> list[str]:
+def _state_action(ctx: Ctx, request: dict, wait: float, **config_kw) -> None:
+    """Run a release or purge on the queue the state directory belongs to: in the
+    running qsup if there is one (withdrawn if it does not take it within *wait*
+    seconds), else here."""
+    config = ctx.config(config_kw)
+    setup_logging("warning" if config.log_level == "info" else config.log_level)
+    plugins = pm.build()
     holder = Store.holder(ctx.state) if os.path.isdir(ctx.state) else None
     if holder:
-        answer = ops.submit_request(ctx.state, request)
+        binding.resolve(plugins, config, binding.recorded_in(ctx.state), ctx.state)
+        answer = ops.submit_request(ctx.state, request, wait)
         if not answer.get("ok"):
-            raise NotFound(answer.get("error", "request failed"))
-        return answer["lines"]
-    config = ctx.config(config_kw)
-    plugins = pm.build()
+            failed = StateError if answer.get("code") == EXIT_STATE else NotFound
+            raise failed(answer.get("error", "request failed"))
+        _report(ops.Done(answer.get("lines", []), answer.get("problems", [])))
+        return
     store = Store(ctx.state, map_mb=config.map_size_mb)
     try:
-        queue = plugins.queue_types()[config.queue](config)
-        return ops.execute(store, queue, request)
+        with store.read() as r:
+            config = binding.resolve(plugins, config, binding.recorded(r), ctx.state)
+        queues = plugins.queue_types()
+        if config.queue not in queues:
+            raise ConfigError(f"queue: unknown kind {config.queue!r} (known: {', '.join(sorted(queues))})")
+        queue = queues[config.queue](config)
+        done = ops.execute(store, queue, request)
     finally:
         store.close()
+    _report(done)
+
+
+def _report(done: ops.Done) -> None:
+    for line in done.lines:
+        click.echo(line)
+    for line in done.problems:
+        click.echo(f"qsup: error: {line}", err=True)
+    if done.problems:
+        sys.exit(EXIT_STATE)
 
 
 @cli.command(epilog=EPILOG)
 @click.argument("ids", nargs=-1)
 @click.option("--all", "everything", is_flag=True, help="Release every quarantined message.")
 @click.option("--no-scan", is_flag=True, help="Hand the messages on without scanning them again.")
+@wait_option
 @config_options
 @click.pass_obj
-def release(ctx: Ctx, ids, everything, no_scan, **kwargs):
+def release(ctx: Ctx, ids, everything, no_scan, wait, **kwargs):
     """Put quarantined messages back into the queue to be scanned again (after the
     scanner is fixed). Nothing is delivered unscanned unless --no-scan is given."""
     if not ids and not everything:
         raise click.UsageError("name the IDs to release, or give --all")
-    overrides = _overrides(kwargs)
-    for line in _state_action(ctx, {"op": "release", "ids": list(ids), "all": everything,
-                                    "no_scan": no_scan}, **overrides):
-        click.echo(line)
+    _state_action(ctx, {"op": "release", "ids": list(ids), "all": everything, "no_scan": no_scan},
+                  wait, **_overrides(kwargs))
 
 
 @cli.command(epilog=EPILOG)
 @click.argument("ids", nargs=-1)
 @click.option("--all", "everything", is_flag=True, help="Purge every quarantined message.")
 @click.option("--yes", is_flag=True, help="Really delete: without it nothing is deleted.")
+@wait_option
 @config_options
 @click.pass_obj
-def purge(ctx: Ctx, ids, everything, yes, **kwargs):
+def purge(ctx: Ctx, ids, everything, yes, wait, **kwargs):
     """Delete quarantined messages for good: the only command that deletes mail."""
     if not ids and not everything:
         raise click.UsageError("name the IDs to purge, or give --all")
     if not yes:
         what = "every quarantined message" if everything else ", ".join(ids)
         raise click.UsageError(f"purge deletes mail for good; nothing deleted. Repeat with --yes to delete {what}")
-    overrides = _overrides(kwargs)
-    for line in _state_action(ctx, {"op": "purge", "ids": list(ids), "all": everything}, **overrides):
-        click.echo(line)
+    _state_action(ctx, {"op": "purge", "ids": list(ids), "all": everything}, wait, **_overrides(kwargs))
 
 
 @cli.command(epilog=EPILOG)

@@ -110,6 +110,10 @@ class Config:
     log_level: str = _key("info", "Log level.", choices=("debug", "info", "warning", "error"))
     plugin: dict = field(default_factory=dict)  # [plugin.NAME] tables: NAME -> {key: value}
     source: str = "built-in defaults"
+    # the keys the file or a flag set ("plugin.NAME" for a plugin's options): what
+    # the user chose, as against the defaults (a command naming no queue uses the
+    # queue its state directory belongs to)
+    given: frozenset = frozenset()
 
     def plugin_options(self, name: str) -> dict:
         """The options of plugin *name* (``[plugin.NAME]`` / ``--plugin-option NAME.KEY=V``).
@@ -178,6 +182,7 @@ def load(path: str | None, overrides: dict[str, Any]) -> Config:
     values = {f.name: f.default for f in FIELDS}
     source = "built-in defaults"
     plugin: dict = {}
+    given: set[str] = set()
     if path:
         try:
             with open(path, "rb") as fh:
@@ -194,6 +199,8 @@ def load(path: str | None, overrides: dict[str, Any]) -> Config:
                 plugin = _check_plugin_tables(value, path)
                 continue
             values[key] = check(key, value, path)
+        given.update(k for k in table if k != "plugin")
+        given.update(f"plugin.{name}" for name in plugin)
         source = path
     for item in overrides.pop("plugin_option", None) or ():
         name_key, sep, value = item.partition("=")
@@ -201,14 +208,16 @@ def load(path: str | None, overrides: dict[str, Any]) -> Config:
         if not (sep and dot and name and key):
             raise ConfigError(f"--plugin-option: expected NAME.KEY=VALUE, not {item!r}")
         plugin.setdefault(name, {})[key] = value
+        given.add(f"plugin.{name}")
     for key, value in overrides.items():
         if value is not None:
             values[key] = check(key, value, f"--{BY_NAME[key].flag or key.replace('_', '-')}")
+            given.add(key)
     if values["spool"] is None:
         values["spool"] = _default_spool()
     if values["worker"] is None:
         values["worker"] = demo_worker_command()
-    return Config(**values, plugin=plugin, source=source)
+    return Config(**values, plugin=plugin, source=source, given=frozenset(given))
 
 
 def _check_plugin_tables(value: Any, where: str) -> dict:

@@ -51,6 +51,18 @@ class Move:
     source: str = ""  # its name there, if not the queue ID (a quarantined file)
 
 
+@dataclass(frozen=True)
+class Quarantined:
+    """A message in a queue's quarantine, as the queue sees it (not as qsup's records
+    do): found under *name*, it stands for queue ID *qid* with fingerprint *fp*."""
+
+    name: str
+    qid: str
+    fp: str
+    size: int
+    since: float  # wall time it has been there since, as near as the queue knows
+
+
 class Queue(Protocol):
     """What a queue plugin's factory returns."""
 
@@ -94,7 +106,13 @@ class Queue(Protocol):
         (``"incoming"``, ``"quarantine"`` …) — for headers; never the whole body."""
 
     def purge(self, name: str) -> bool:
-        """Delete a quarantined message for good. True if it existed."""
+        """Delete a quarantined message for good. True if it existed.
+
+        Optional companions: ``quarantine_names()``, the names of every message in
+        the quarantine (what :meth:`plan` named them), so that a record whose file
+        is missing is said, not moved; and ``quarantined(name)``, a
+        :class:`Quarantined` or None, so that a file no record names (a lost or
+        reset state) is found and recorded as an orphan."""
 
     def reports(self) -> list[str]:
         """New one-line reports (odd entries found) since the last call."""
@@ -119,6 +137,20 @@ def qsup_queue_types() -> Mapping[str, Callable[[Any], Queue]]:
 
     Called once at start; every plugin's mapping is merged. A name offered twice is
     a configuration error naming both plugins."""
+
+
+@hookspec(firstresult=True)
+def qsup_queue_identity(config: Any) -> Mapping[str, str] | None:
+    """Which queue *config* names, for a queue kind this plugin offers: a mapping
+    ``{"kind": KIND, "where": WHERE}``, *where* saying which queue of that kind it is,
+    the same however the configuration spells it (the spool's real path; Postfix's
+    ``queue_directory``). Return None for a kind you do not offer.
+
+    Found without opening or changing the queue (no directory made, no lock taken):
+    a state directory records the identity of the queue its supervisor ran on, and
+    ``drain``, ``run``, ``release``, ``purge``, ``list`` and ``show`` naming another
+    queue are refused before anything is touched (CONTRACT §3). A kind no plugin
+    answers for is told apart by its name only."""
 
 
 @hookspec

@@ -8,15 +8,21 @@ through ``STATE/requests/`` (see :func:`submit_request`).
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from quarantine import moves
-from quarantine.errors import NotFound, StateError
+from quarantine.errors import EXIT_STATE, NotFound, StateError
 from quarantine.hookspecs import Queue
 from quarantine.ids import is_queue_id
 from quarantine.store import Store
+
+log = logging.getLogger("qsup")
 
 
 def records(store: Store) -> list[dict]:
@@ -64,86 +70,174 @@ def _select(store: Store, ids: list[str], everything: bool) -> list[dict]:
     return chosen
 
 
-def release(store: Store, queue: Queue, ids: list[str], everything: bool, no_scan: bool) -> list[str]:
-    """Put quarantined messages back into the queue (or straight on, with no_scan)."""
-    lines = []
+@dataclass
+class Done:
+    """What a release or purge did, a line each, and what it could not do (each an
+    error line; the command then exits 4)."""
+
+    lines: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"lines": self.lines, "problems": self.problems}
+
+
+def _present(queue: Queue) -> Callable[[str], bool]:
+    """Is a quarantined file of that name in *queue*? (Yes if the queue cannot list
+    its quarantine: the move finds out.)"""
+    names = getattr(queue, "quarantine_names", None)
+    if names is None:
+        return lambda name: True
+    found = set(names())
+    return found.__contains__
+
+
+def _missing(rec: dict) -> str:
+    qid, name = rec["qid"], rec.get("name", rec["qid"])
+    return (f"{qid}: its quarantined file {name} is missing from the queue; nothing released, "
+            f"the record is kept (qsup purge {qid} --yes removes it)")
+
+
+def release(store: Store, queue: Queue, ids: list[str], everything: bool, no_scan: bool) -> Done:
+    """Put quarantined messages back into the queue (or straight on, with no_scan).
+    A record whose file is missing stays: only purge removes it."""
+    done, present = Done(), _present(queue)
     for rec in _select(store, ids, everything):
-        dest = "outgoing" if no_scan else "incoming"
-        mv = queue.plan(rec["qid"], rec["fp"], dest, origin="quarantine", source=rec.get("name", rec["qid"]))
-        result = moves.move(store, queue, f"release/{rec['key']}", [mv], time.time())[0]
-        if result == "gone":
-            lines.append(f"{rec['qid']}: the quarantined file is missing; record removed")
-            with store.write() as w:
-                w.delete("quarantine", rec["key"])
+        name = rec.get("name", rec["qid"])
+        if not present(name):
+            done.problems.append(_missing(rec))
             continue
-        where = "on without a scan" if no_scan else "back into the queue to be scanned again"
-        lines.append(f"released {rec['qid']} to {where}" + (f" as {mv.name}" if mv.name != rec["qid"] else ""))
-    return lines
+        dest = "outgoing" if no_scan else "incoming"
+        mv = queue.plan(rec["qid"], rec["fp"], dest, origin="quarantine", source=name)
+        result = moves.move(store, queue, f"release/{rec['key']}", [mv], time.time())[0]
+        if result == "gone":  # the record stays (moves.complete keeps it)
+            done.problems.append(_missing(rec))
+            continue
+        named = f" as {mv.name}" if mv.name != rec["qid"] else ""
+        where = (f"delivered without a scan{named} (--no-scan)" if no_scan
+                 else f"back in the queue{named} to be scanned again")
+        done.lines.append(f"qsup: released {rec['qid']}: {where}")
+    return done
 
 
-def purge(store: Store, queue: Queue, ids: list[str], everything: bool) -> list[str]:
+def purge(store: Store, queue: Queue, ids: list[str], everything: bool) -> Done:
     """Delete quarantined messages for good: the only place qsup deletes mail."""
-    lines = []
+    done = Done()
     for rec in _select(store, ids, everything):
         existed = queue.purge(rec.get("name", rec["qid"]))
         with store.write() as w:
             w.delete("quarantine", rec["key"])
-        lines.append(f"purged {rec['qid']}" + ("" if existed else " (file was already gone)"))
-    return lines
+        gone = f" (its quarantined file {rec.get('name', rec['qid'])} was already gone; record removed)"
+        done.lines.append(f"qsup: purged {rec['qid']}" + ("" if existed else gone))
+    return done
 
 
 # ------------------------------------------------------------ daemon requests
+# A request is STATE/requests/NAME.req, written by the client with its deadline. The
+# daemon takes it by renaming it to NAME.work, runs it and answers in NAME.ans. A
+# client that gives up withdraws it by renaming NAME.req away: of the two renames
+# exactly one wins, so a request reported as timed out never runs later (§5.9). If
+# the daemon won, the client waits for its answer instead. The deadline covers a
+# client that died waiting: the daemon answers a request past it without running it.
+WAIT = 30.0  # seconds a client waits for the daemon to take its request
+
+
 def requests_dir(state: str) -> str:
     return os.path.join(state, "requests")
 
 
-def submit_request(state: str, request: dict, timeout: float = 30.0) -> dict:
-    """Hand a release/purge to the running qsup and wait for its answer."""
+def _answer(path: str) -> dict | None:
+    try:
+        with open(path) as fh:
+            result = json.load(fh)
+    except FileNotFoundError:
+        return None
+    os.unlink(path)
+    return result
+
+
+def submit_request(state: str, request: dict, timeout: float = WAIT) -> dict:
+    """Hand a release/purge to the running qsup and wait for its answer. If it has
+    not taken the request within *timeout* seconds, withdraw it (StateError)."""
     folder = requests_dir(state)
     os.makedirs(folder, mode=0o700, exist_ok=True)
+    holder = Store.holder(state)
     name = uuid.uuid4().hex
-    tmp = os.path.join(folder, f".{name}.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(request, fh)
-    os.rename(tmp, os.path.join(folder, f"{name}.req"))
-    answer = os.path.join(folder, f"{name}.ans")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if os.path.exists(answer):
-            with open(answer) as fh:
-                result = json.load(fh)
-            os.unlink(answer)
+    base = os.path.join(folder, name)
+    with open(f"{folder}/.{name}.tmp", "w") as fh:
+        json.dump({**request, "deadline": time.time() + timeout}, fh)
+    os.rename(f"{folder}/.{name}.tmp", f"{base}.req")
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if (result := _answer(f"{base}.ans")) is not None:
             return result
         time.sleep(0.05)
-    raise StateError(f"the running qsup did not answer within {timeout:.0f}s; request {name} left in {folder}")
+    try:
+        os.rename(f"{base}.req", f"{folder}/.{name}.withdrawn")
+    except FileNotFoundError:  # the daemon took it meanwhile: it will answer
+        return _await_answer(state, base, holder, timeout)
+    os.unlink(f"{folder}/.{name}.withdrawn")
+    raise StateError(f"the running qsup (pid {holder}) did not answer within {timeout:g}s; "
+                     f"the request is withdrawn and nothing was done")
+
+
+def _await_answer(state: str, base: str, holder: int | None, timeout: float) -> dict:
+    """The answer to a request the daemon took: it comes however long the work takes,
+    unless the daemon stops first."""
+    if (result := _answer(f"{base}.ans")) is not None:
+        return result
+    log.warning("the running qsup (pid %s) took the request after %gs; waiting for its answer",
+                holder, timeout)
+    while (result := _answer(f"{base}.ans")) is None:
+        if Store.holder(state) != holder:
+            if (result := _answer(f"{base}.ans")) is not None:
+                return result
+            raise StateError(f"the running qsup (pid {holder}) took the request but stopped before "
+                             f"answering; it may have been carried out in part (see qsup list)")
+        time.sleep(0.05)
+    return result
 
 
 def serve_requests(state: str, store: Store, queue: Queue) -> int:
     """Run the requests waiting in STATE/requests (called by the daemon's loop)."""
     folder = requests_dir(state)
     try:
-        names = [n for n in os.listdir(folder) if n.endswith(".req")]
+        names = sorted(n for n in os.listdir(folder) if n.endswith(".req"))
     except FileNotFoundError:
         return 0
+    served = 0
     for name in names:
-        path = os.path.join(folder, name)
+        base = os.path.join(folder, name[:-4])
         try:
-            with open(path) as fh:
-                req = json.load(fh)
-            result = {"ok": True, "lines": execute(store, queue, req)}
-        except NotFound as exc:
-            result = {"ok": False, "error": str(exc), "code": exc.exit_code}
-        except (ValueError, KeyError, OSError) as exc:
-            result = {"ok": False, "error": f"bad request {name}: {exc}", "code": 2}
-        tmp = path[:-4] + ".tmp"
-        with open(tmp, "w") as fh:
+            os.rename(f"{base}.req", f"{base}.work")
+        except FileNotFoundError:
+            continue  # withdrawn by its client
+        served += 1
+        result = _serve(f"{base}.work", store, queue)
+        with open(f"{base}.tmp", "w") as fh:
             json.dump(result, fh)
-        os.rename(tmp, path[:-4] + ".ans")
-        os.unlink(path)
-    return len(names)
+        os.rename(f"{base}.tmp", f"{base}.ans")
+        os.unlink(f"{base}.work")
+    return served
 
 
-def execute(store: Store, queue: Queue, req: dict) -> list[str]:
+def _serve(path: str, store: Store, queue: Queue) -> dict:
+    name = os.path.basename(path)
+    try:
+        with open(path) as fh:
+            req = json.load(fh)
+        if time.time() > float(req.get("deadline", math.inf)):
+            log.warning("request %s is past its deadline (its client gave up): not carried out", name)
+            return {"ok": False, "code": EXIT_STATE,
+                    "error": "the running qsup took the request past its deadline; nothing was done"}
+        return {"ok": True, **execute(store, queue, req).to_json()}
+    except NotFound as exc:
+        return {"ok": False, "error": str(exc), "code": exc.exit_code}
+    except (ValueError, KeyError, TypeError, OSError) as exc:
+        return {"ok": False, "error": f"bad request {name}: {exc}", "code": 2}
+
+
+def execute(store: Store, queue: Queue, req: dict) -> Done:
     ids, everything = list(req.get("ids", [])), bool(req.get("all"))
     if req["op"] == "release":
         return release(store, queue, ids, everything, bool(req.get("no_scan")))

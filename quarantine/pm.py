@@ -50,6 +50,12 @@ class Plugins:
     def scanner_types(self) -> dict:
         return self._types(self.pm.hook.qsup_scanner_types, "scanner")
 
+    def queue_identity(self, config) -> dict[str, str]:
+        """Which queue *config* names (hookspecs.qsup_queue_identity); a kind no
+        plugin answers for, by its name only."""
+        found = self.pm.hook.qsup_queue_identity(config=config)
+        return {"kind": config.queue, "where": ""} | dict(found or {})
+
     def describe(self) -> list[dict]:
         """Each loaded plugin with its version and the hooks it implements."""
         rows = []

@@ -4,6 +4,7 @@
     SPOOL/incoming/    one regular file per message; the file name is the queue ID
     SPOOL/outgoing/    scanned messages
     SPOOL/quarantine/  poison messages (0700, files 0600)
+    SPOOL/.qsup.lock   held by the one qsup draining this spool, whatever its state
 
 Anything in incoming/ that is not a regular file with a queue-ID name is never read,
 moved or followed, and reported once. Moves are rename() within the file system and
@@ -16,14 +17,18 @@ import ctypes
 import errno
 import heapq
 import os
+import re
 import stat
+import weakref
 from collections.abc import Callable, Iterator
 
-from quarantine.hookspecs import MessageRef, Move, hookimpl
+from quarantine.hookspecs import MessageRef, Move, Quarantined, hookimpl
 from quarantine.ids import FINGERPRINT_BYTES, fingerprint, is_queue_id
+from quarantine.lock import PidLock
 from quarantine.reports import Reports, file_kind
 
 SUBDIRS = ("tmp", "incoming", "outgoing", "quarantine")
+LOCK_FILE = ".qsup.lock"  # in the spool directory, beside incoming/: one qsup per spool
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _SEEN_CAP = 200_000
 LIST_STEP = 2_000  # directory entries per slice of pending_steps() (~15 ms)
@@ -78,6 +83,9 @@ def _stamp(st: os.stat_result) -> tuple:
     return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
+_TAKEN = re.compile(r"(.+)\.[0-9a-f]{12}(?:\.[0-9]+)?")  # QID + what plan() adds to a taken name
+
+
 def describe_name(name: str) -> str:
     """A name made safe for a one-line report (newlines, bad UTF-8 escaped)."""
     return ascii(os.fsencode(name))[2:-1] if not name.isprintable() else repr(name)
@@ -86,12 +94,18 @@ def describe_name(name: str) -> str:
 class SpoolQueue:
     name = "spool"
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, lock: bool = False):
+        """The spool in *root*; with *lock*, held against any other qsup (whatever its
+        state directory) until :meth:`close`, or until the queue is dropped."""
         self.root = os.path.abspath(root)
         self._dirs = {sub: os.path.join(self.root, sub) for sub in SUBDIRS}
         for sub in SUBDIRS:
             os.makedirs(self.dir(sub), mode=0o700 if sub == "quarantine" else 0o755, exist_ok=True)
         os.chmod(self.dir("quarantine"), 0o700)
+        self._lock = PidLock(os.path.join(self.root, LOCK_FILE))
+        if lock:
+            self._lock.acquire(f"spool {self.root}", rule="one qsup per queue")
+            weakref.finalize(self, self._lock.release)
         self._reports = Reports()  # odd names in incoming/, each reported once
         # queue ID -> (stamp, fingerprint) from identify(): apply() checks that the file
         # it moves is still the one fingerprinted with one lstat instead of a re-read
@@ -198,7 +212,15 @@ class SpoolQueue:
         return self.path(move.origin, move.source or move.qid)
 
     def _unchanged(self, move: Move, src: str) -> bool:
-        """The file at *src* is the one identify() fingerprinted as move.fp."""
+        """The file at *src* is the one identify() fingerprinted as move.fp. A file in
+        quarantine/ is the one qsup put there under that name, whatever its content
+        now: the directory is qsup's own (0700), and a header the postmaster added
+        does not make it another message."""
+        if move.origin == "quarantine":
+            try:
+                return stat.S_ISREG(os.lstat(src).st_mode)
+            except OSError:
+                return False
         seen = self._seen.pop(move.qid, None) if move.origin == "incoming" and not move.source else None
         if seen is not None and seen[1] == move.fp:
             try:
@@ -218,8 +240,8 @@ class SpoolQueue:
                 os.chmod(dst, 0o600, follow_symlinks=False)
             return "moved"
         found = self._identify_path(dst)
-        if found is not None and found[1] == move.fp:
-            return "already"
+        if found is not None and (found[1] == move.fp or move.origin == "quarantine"):
+            return "already"  # (a released file is known by its name, as in _unchanged)
         return "gone"
 
     def head(self, location: str, name: str, limit: int) -> bytes:
@@ -234,6 +256,25 @@ class SpoolQueue:
         finally:
             os.close(fd)
 
+    def quarantine_names(self) -> Iterator[str]:
+        """The names of the files in quarantine/ (regular files with queue-ID names)."""
+        with os.scandir(self.dir("quarantine")) as it:
+            for entry in it:
+                if is_queue_id(entry.name) and entry.is_file(follow_symlinks=False):
+                    yield entry.name
+
+    def quarantined(self, name: str) -> Quarantined | None:
+        if not is_queue_id(name):
+            return None
+        found = _stat_head(self.path("quarantine", name), FINGERPRINT_BYTES)
+        if found is None:
+            return None
+        st, head = found
+        taken = _TAKEN.fullmatch(name)
+        qid = taken.group(1) if taken and is_queue_id(taken.group(1)) else name
+        # ctime: the rename into quarantine/ (and its chmod), not the message's arrival
+        return Quarantined(name, qid, fingerprint(st.st_size, head), st.st_size, st.st_ctime)
+
     def purge(self, name: str) -> bool:
         if not is_queue_id(name):
             return False
@@ -246,7 +287,17 @@ class SpoolQueue:
     def reports(self) -> list[str]:
         return self._reports.take()
 
+    def close(self) -> None:
+        self._lock.release()
+
 
 @hookimpl
 def qsup_queue_types():
-    return {"spool": lambda config: SpoolQueue(config.spool)}
+    return {"spool": lambda config: SpoolQueue(config.spool, lock=True)}
+
+
+@hookimpl
+def qsup_queue_identity(config):
+    if config.queue == "spool":
+        return {"kind": "spool", "where": os.path.realpath(config.spool)}
+    return None

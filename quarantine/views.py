@@ -23,6 +23,8 @@ def format_size(n: int) -> str:
 def format_why(rec: dict) -> str:
     """The crash kind, with its signal or exit code, and the peak of a memory kill."""
     why = rec.get("why", "?")
+    if rec.get("kind") == "orphan":  # found in the quarantine without a record
+        return f"orphan ({why})"
     if rec.get("signal"):
         why += f" ({rec['signal']})"
     elif rec.get("exit_code") is not None:

@@ -195,7 +195,7 @@ def test_every_config_key_is_a_flag_and_a_config_attribute(tmp_path):
     from quarantine.cli import cli
     from quarantine.config import BY_NAME, FIELDS, Config, load
 
-    assert [f.name for f in FIELDS] == [f.name for f in dataclasses.fields(Config)][:-2]
+    assert [f.name for f in FIELDS] == [f.name for f in dataclasses.fields(Config)][:-3]
     assert list(BY_NAME) == [f.name for f in FIELDS]
     assert {f.type for f in FIELDS} == {str, int, float}
     help_text = CliRunner().invoke(cli, ["drain", "--help"], terminal_width=200).output
@@ -207,6 +207,7 @@ def test_every_config_key_is_a_flag_and_a_config_attribute(tmp_path):
     assert (config.workers, config.timeout, config.batch_size, config.strikes) == (3, 2.0, 7, 2)
     changed = dataclasses.replace(config, strikes=5)
     assert changed.strikes == 5 and changed.plugin_options("x") == {"k": "v"} and changed.source == str(path)
+    assert config.given == {"workers", "timeout", "batch_size", "plugin.x"}  # not the defaults
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.workers = 1  # type: ignore[misc]
 

@@ -53,9 +53,13 @@ def default_quarantine_dir(config_directory: str) -> str:
     return os.path.join(QUARANTINE_BASE, instance)
 
 
-def make_queue(config) -> PostfixQueue:
+def _postfix(config) -> tuple[Postfix, dict]:
     opts = pluginopts.parse("postfix", config.plugin_options("postfix"), OPTIONS)
-    postfix = Postfix(opts["config_directory"], opts["command_directory"], opts["command_timeout"])
+    return Postfix(opts["config_directory"], opts["command_directory"], opts["command_timeout"]), opts
+
+
+def make_queue(config) -> PostfixQueue:
+    postfix, opts = _postfix(config)
     qdir = opts["quarantine_dir"] or default_quarantine_dir(opts["config_directory"])
     queue = PostfixQueue(postfix, qdir, opts["scan_dir"])
     # When the queue is dropped, or at exit: the scanner copies go, the lock is let go.
@@ -71,3 +75,12 @@ def _close(scan_dir: str, store) -> None:
 @hookimpl
 def qsup_queue_types():
     return {"postfix": make_queue}
+
+
+@hookimpl
+def qsup_queue_identity(config):
+    """The instance's queue_directory (postconf): one qsup per Postfix queue."""
+    if config.queue != "postfix":
+        return None
+    postfix, _ = _postfix(config)
+    return {"kind": "postfix", "where": os.path.realpath(postfix.params("queue_directory")["queue_directory"])}

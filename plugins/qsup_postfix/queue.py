@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 
 from qsup_postfix.commands import Postfix, PostfixError
 from qsup_postfix.store import QuarantineStore
-from quarantine.hookspecs import MessageRef, Move
+from quarantine.hookspecs import MessageRef, Move, Quarantined
 from quarantine.ids import fingerprint, is_queue_id
 from quarantine.reports import Reports, file_kind
 from quarantine.spool import read_head
@@ -303,7 +303,8 @@ class PostfixQueue:
         claim = self.store.claim(name)
         held = self._held(move.qid, move.fp)
         if claim is not None and not held:
-            self.store.drop_claim(name)
+            # The claim stays with the copy, the only one left: qsup's record of it is
+            # kept, and only a purge removes the three.
             log.warning("%s is no longer on hold in Postfix (deleted outside qsup?); its copy stays "
                         "in %s", move.qid, self.store.path(name))
             return "gone"
@@ -323,6 +324,21 @@ class PostfixQueue:
         if location == "incoming":
             return self.postfix.headers(name, limit) if self.identify(name) else b""
         return b""
+
+    def quarantine_names(self) -> list[str]:
+        """The names of the quarantined messages (their claims)."""
+        return sorted(self.store.claims())
+
+    def quarantined(self, name: str) -> Quarantined | None:
+        claim = self.store.claim(name) if is_queue_id(name) else None
+        if claim is None:
+            return None
+        try:
+            st = os.stat(self.store.path(name))
+            size, since = st.st_size, st.st_mtime
+        except OSError:
+            size, since = 0, time.time()  # the claim without its copy: still on hold
+        return Quarantined(name, claim[0], claim[1], size, since)
 
     def purge(self, name: str) -> bool:
         if not is_queue_id(name):
