@@ -7,6 +7,11 @@ moves, after. A qsup killed at any instant finishes the group on its next start
 (:func:`finish_pending`). ``Queue.apply`` is idempotent, which is what makes
 replaying an intent safe; it is also why the clearing may wait for the next
 durable commit (the supervisor groups it with its next pass).
+
+A move the queue refuses (``QueueError``) leaves the message where it was and its
+intent on disk, so the next start finishes it once the cause is fixed; except a
+group made at once by :func:`move` (a release), whose failure the operator is told:
+what it did not make is withdrawn, never made later behind their back.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+from quarantine.errors import QueueError
 from quarantine.hookspecs import Move, Queue
 from quarantine.ids import message_key
 from quarantine.store import Store, Txn
@@ -28,8 +34,13 @@ def record(w: Txn, key: str, moves: list[Move], extra: dict | None = None) -> No
 
 
 def make(queue: Queue, moves: list[Move]) -> list[str]:
-    """Make the moves (their intent is on disk); the queue's result for each."""
-    return [queue.apply(m) for m in moves]
+    """Make the moves (their intent is on disk); the queue's result for each. A
+    refused move stops here (QueueError): the intent stays, and the next start
+    finishes the group."""
+    try:
+        return [queue.apply(m) for m in moves]
+    except QueueError as exc:
+        raise QueueError(f"{exc}; left where it is, the next start retries the move") from None
 
 
 def complete(w: Txn, key: str, moves: list[Move], results: list[str], now: float,
@@ -68,7 +79,14 @@ def move(store: Store, queue: Queue, key: str, moves: list[Move], now: float,
         return []
     with store.write() as w:
         record(w, key, moves, extra)
-    results = make(queue, moves)
+    results = []
+    try:
+        for m in moves:
+            results.append(queue.apply(m))
+    except QueueError:
+        with store.write() as w:  # the caller reports the failure: withdraw the rest
+            complete(w, key, moves[:len(results)], results, now, extra)
+        raise
     with store.write() as w:
         complete(w, key, moves, results, now, extra)
     return results

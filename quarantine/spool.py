@@ -7,7 +7,9 @@
 
 Anything in incoming/ that is not a regular file with a queue-ID name is never read,
 moved or followed, and reported once. Moves are rename() within the file system and
-never overwrite: a name already taken gets the fingerprint appended.
+never overwrite: a name already taken gets the fingerprint appended. A move or a
+deletion the file system refuses (another file system, an immutable or read-only
+directory) is a QueueError naming both paths and the reason; the file stays put.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import os
 import stat
 from collections.abc import Callable, Iterator
 
+from quarantine.errors import ConfigError, QueueError
 from quarantine.hookspecs import MessageRef, Move, hookimpl
 from quarantine.ids import FINGERPRINT_BYTES, fingerprint, is_queue_id
 from quarantine.reports import Reports, file_kind
@@ -37,6 +40,8 @@ if _renameat2 is not None:
     _renameat2.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
     _renameat2.restype = ctypes.c_int
 _AT_FDCWD, _RENAME_NOREPLACE = -100, 1
+# a file system that refuses: the spool cannot be used until an operator acts
+_REFUSALS = {errno.EROFS, errno.EPERM, errno.EACCES, errno.ENOSPC, errno.EDQUOT, errno.EIO}
 
 
 def rename_noreplace(src: str, dst: str) -> None:
@@ -212,15 +217,20 @@ class SpoolQueue:
 
     def apply(self, move: Move) -> str:
         src, dst = self._src(move), self.path(move.dest, move.name)
-        if self._unchanged(move, src):
-            rename_noreplace(src, dst)
+        try:
+            if self._unchanged(move, src):
+                rename_noreplace(src, dst)
+                result = "moved"
+            else:
+                found = self._identify_path(dst)
+                if found is None or found[1] != move.fp:
+                    return "gone"
+                result = "already"  # also when killed before the chmod below
             if move.dest == "quarantine":
                 os.chmod(dst, 0o600, follow_symlinks=False)
-            return "moved"
-        found = self._identify_path(dst)
-        if found is not None and found[1] == move.fp:
-            return "already"
-        return "gone"
+            return result
+        except OSError as exc:
+            raise QueueError(f"cannot move {src} to {dst}: {_reason(exc)}") from None
 
     def head(self, location: str, name: str, limit: int) -> bytes:
         if location not in SUBDIRS or not is_queue_id(name):
@@ -237,16 +247,38 @@ class SpoolQueue:
     def purge(self, name: str) -> bool:
         if not is_queue_id(name):
             return False
+        path = os.path.join(self.dir("quarantine"), name)
         try:
-            os.unlink(os.path.join(self.dir("quarantine"), name))
+            os.unlink(path)
             return True
         except FileNotFoundError:
             return False
+        except OSError as exc:
+            raise QueueError(f"cannot delete {path}: {_reason(exc)}") from None
 
     def reports(self) -> list[str]:
         return self._reports.take()
 
 
+def _reason(exc: OSError) -> str:
+    if exc.errno == errno.EXDEV:
+        return f"{exc.strerror} (the spool's directories must all be on one file system)"
+    return exc.strerror or str(exc)
+
+
+def open_spool(root: str) -> SpoolQueue:
+    """The spool at *root*; a file system that refuses to prepare it (read-only,
+    immutable, full) is a QueueError (exit 4), a path that cannot be one (a file,
+    say) a ConfigError (exit 2)."""
+    try:
+        return SpoolQueue(root)
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        if exc.errno in _REFUSALS:
+            raise QueueError(f"cannot use the spool {root}: {_reason(exc)}{where}") from None
+        raise ConfigError(f"spool: cannot use {root}: {_reason(exc)}{where}") from None
+
+
 @hookimpl
 def qsup_queue_types():
-    return {"spool": lambda config: SpoolQueue(config.spool)}
+    return {"spool": lambda config: open_spool(config.spool)}

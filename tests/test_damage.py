@@ -1,0 +1,186 @@
+"""Damage: moves the file system refuses, a damaged state, a full state disk
+(CONTRACT §5.1, §5.10, §6).
+
+Each case is one line, ``qsup: error: ...``, and exit 4, never a traceback or a
+signal, and nothing lost. Real means only: a tmpfs for another file system or a
+tiny disk, ``chattr +i`` for an immutable directory, a read-only remount, data.mdb
+really truncated or with bytes flipped. A mechanism the machine lacks skips, except
+under CI=1 (root on Debian), where it must work.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from conftest import DEMO, assert_conserved, wait_for
+
+pytestmark = pytest.mark.timeout(300)
+
+# a worker that holds its batch until the test opens the gate
+GATED = """\
+import os, time
+gate = os.environ["QSUP_TEST_GATE"]
+open(gate + ".started", "w").close()
+deadline = time.monotonic() + 60
+while not os.path.exists(gate) and time.monotonic() < deadline:
+    time.sleep(0.02)
+"""
+
+
+def _need(ok: bool, why: str) -> None:
+    if ok:
+        return
+    if os.environ.get("CI") == "1":
+        pytest.fail(f"{why} (CI=1: this machine must offer it)")
+    pytest.skip(why)
+
+
+def _run(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True)
+
+
+@contextmanager
+def tmpfs(path: Path, size: str = "4m"):
+    _need(os.geteuid() == 0, "mounting a tmpfs needs root")
+    path.mkdir(parents=True, exist_ok=True)
+    done = _run("mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path))
+    _need(done.returncode == 0, f"cannot mount a tmpfs: {done.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        if _run("umount", str(path)).returncode != 0:
+            _run("umount", "-l", str(path))
+
+
+@contextmanager
+def immutable(path: Path):
+    done = _run("chattr", "+i", str(path))
+    _need(done.returncode == 0, f"chattr +i does not work on {path}: {done.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        _run("chattr", "-i", str(path))
+
+
+def failed_cleanly(proc: subprocess.CompletedProcess, *words: str) -> str:
+    """Exit 4 with one error line that says each of *words*; the line."""
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.returncode == 4, (proc.returncode, proc.stderr[-3000:])
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("qsup: error: ")]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    for word in words:
+        assert word in errors[0], (word, errors[0])
+    return errors[0]
+
+
+def poison_quarantined(qsup, make_spool) -> tuple[list[str], str]:
+    ids = make_spool(10, {4: "segv"})
+    proc = qsup.drain("--worker", DEMO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (qsup.spool / "quarantine" / ids[4]).exists()
+    return ids, ids[4]
+
+
+# ---------------------------------------------- moves the file system refuses
+@contextmanager
+def another_file_system(spool: Path):
+    with tmpfs(spool / "outgoing"):
+        yield "Invalid cross-device link"
+
+
+@contextmanager
+def immutable_outgoing(spool: Path):
+    with immutable(spool / "outgoing"):
+        yield "Operation not permitted"
+
+
+@pytest.mark.parametrize("obstacle", [another_file_system, immutable_outgoing],
+                         ids=["EXDEV", "EPERM"])
+def test_a_refused_delivery_stops_with_exit_4_and_is_finished_once_fixed(qsup, make_spool, obstacle):
+    ids = make_spool(20, {})
+    spool = ["--spool", str(qsup.spool), "--worker", DEMO]
+    with obstacle(qsup.spool) as reason:
+        # the daemon meets it in its loop; the restart meets it replaying the intent
+        for args in (["run", *spool], ["drain", *spool]):
+            failed_cleanly(qsup(*args), "cannot move", f"{qsup.spool}/incoming/M0000",
+                           f"{qsup.spool}/outgoing/M0000", reason)
+            assert set(os.listdir(qsup.spool / "incoming")) == set(ids)
+    proc = qsup.drain("--worker", DEMO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    where = assert_conserved(qsup.spool, ids)
+    assert where["outgoing"] == set(ids) and not where["incoming"]
+
+
+def test_a_read_only_remount_under_a_drain_stops_it_with_exit_4(qsup, make_spool, tmp_path):
+    # The spool's directories live on a tmpfs (symlinked), the spool directory
+    # itself does not: a lock held open there must not make the remount busy.
+    volume = tmp_path / "volume"
+    with tmpfs(volume, "16m"):
+        qsup.spool.mkdir()
+        for sub in ("tmp", "incoming", "outgoing", "quarantine"):
+            (volume / sub).mkdir()
+            os.symlink(volume / sub, qsup.spool / sub)
+        ids = make_spool(20, {})
+        worker, gate = tmp_path / "gated.py", tmp_path / "gate"
+        worker.write_text(GATED)
+        argv = qsup.argv("drain", "--spool", str(qsup.spool), "--worker", f"{sys.executable} {worker}",
+                         "--workers", "1")
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "QSUP_TEST_GATE": str(gate)}, cwd=str(tmp_path))
+        try:
+            wait_for(lambda: Path(f"{gate}.started").exists() or proc.poll() is not None,
+                     what="the batch in flight")
+            remount = _run("mount", "-o", "remount,ro", str(volume))
+            _need(remount.returncode == 0, f"cannot remount read-only: {remount.stderr.strip()}")
+            gate.touch()
+            out, err = proc.communicate(timeout=120)
+            failed_cleanly(subprocess.CompletedProcess(argv, proc.returncode, out, err),
+                           "cannot move", f"{qsup.spool}/incoming/M0000", "Read-only file system")
+            # restarted while still read-only: refused at start, the same way
+            failed_cleanly(qsup.drain("--worker", DEMO), f"cannot use the spool {qsup.spool}",
+                           "Read-only file system")
+        finally:
+            gate.touch()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            _run("mount", "-o", "remount,rw", str(volume))
+        assert set(os.listdir(qsup.spool / "incoming")) == set(ids)
+        done = qsup.drain("--worker", DEMO)
+        assert done.returncode == 0, done.stderr[-2000:]
+        where = assert_conserved(qsup.spool, ids)
+        assert where["outgoing"] == set(ids)
+
+
+def test_release_and_purge_refused_by_the_file_system_change_nothing(qsup, make_spool):
+    ids, bad = poison_quarantined(qsup, make_spool)
+    before = qsup.listing()
+    spool = ["--spool", str(qsup.spool)]
+    with immutable(qsup.spool / "quarantine" / bad):  # neither renamed nor unlinked
+        failed_cleanly(qsup("release", "--all", *spool), "cannot move",
+                       f"{qsup.spool}/quarantine/{bad}", f"{qsup.spool}/incoming/{bad}",
+                       "Operation not permitted")
+        failed_cleanly(qsup("purge", bad, "--yes", *spool), "cannot delete",
+                       f"{qsup.spool}/quarantine/{bad}", "Operation not permitted")
+    assert (qsup.spool / "quarantine" / bad).exists() and qsup.listing() == before
+    # a release reported as failed is not made later behind the operator's back
+    proc = qsup.drain("--worker", DEMO)
+    assert proc.returncode == 0 and "interrupted move" not in proc.stderr, proc.stderr[-2000:]
+    assert qsup.listing() == before
+    assert qsup("release", bad, *spool).returncode == 0
+    assert (qsup.spool / "incoming" / bad).exists()
+    assert_conserved(qsup.spool, ids)
+
+
+def test_a_spool_that_cannot_be_one_is_exit_2_for_every_command(qsup, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("not a directory")
+    for args in (["release", "--all"], ["purge", "--all", "--yes"], ["drain", "--worker", DEMO]):
+        proc = qsup(*args, "--spool", str(afile))
+        assert "Traceback" not in proc.stderr and proc.returncode == 2, proc.stderr[-2000:]
+        assert f"spool: cannot use {afile}: Not a directory" in proc.stderr
