@@ -219,7 +219,8 @@ class SpoolQueue:
         src, dst = self._src(move), self.path(move.dest, move.name)
         try:
             if self._unchanged(move, src):
-                rename_noreplace(src, dst)
+                if not self._rename(src, dst):
+                    return "taken"
                 result = "moved"
             else:
                 found = self._identify_path(dst)
@@ -231,6 +232,18 @@ class SpoolQueue:
             return result
         except OSError as exc:
             raise QueueError(f"cannot move {src} to {dst}: {_reason(exc)}") from None
+
+    @staticmethod
+    def _rename(src: str, dst: str) -> bool:
+        """rename_noreplace(); False if another file holds *dst*."""
+        try:
+            rename_noreplace(src, dst)
+            return True
+        except FileExistsError:
+            if not _same_file(src, dst):
+                return False
+        os.unlink(src)  # link() + unlink() cut short: *dst* is this message already
+        return True
 
     def head(self, location: str, name: str, limit: int) -> bytes:
         if location not in SUBDIRS or not is_queue_id(name):
@@ -264,6 +277,14 @@ def _reason(exc: OSError) -> str:
     if exc.errno == errno.EXDEV:
         return f"{exc.strerror} (the spool's directories must all be on one file system)"
     return exc.strerror or str(exc)
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        sa, sb = os.lstat(a), os.lstat(b)
+    except FileNotFoundError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
 def open_spool(root: str) -> SpoolQueue:

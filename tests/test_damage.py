@@ -19,6 +19,10 @@ from pathlib import Path
 import pytest
 from conftest import DEMO, assert_conserved, wait_for
 
+from quarantine import moves
+from quarantine.hookspecs import Move
+from quarantine.store import Store
+
 pytestmark = pytest.mark.timeout(300)
 
 # a worker that holds its batch until the test opens the gate
@@ -184,3 +188,51 @@ def test_a_spool_that_cannot_be_one_is_exit_2_for_every_command(qsup, tmp_path):
         proc = qsup(*args, "--spool", str(afile))
         assert "Traceback" not in proc.stderr and proc.returncode == 2, proc.stderr[-2000:]
         assert f"spool: cannot use {afile}: Not a directory" in proc.stderr
+
+
+# ----------------------------------------------------- a name taken meanwhile
+def leave_release_intent(qsup, bad: str) -> dict:
+    """The state `qsup release --all` leaves when it is killed after writing its
+    intent and before its rename: written the way ops.release writes it."""
+    [rec] = qsup.listing()
+    store = Store(str(qsup.state))
+    try:
+        mv = Move(qid=bad, fp=rec["fp"], dest="incoming", name=bad, origin="quarantine",
+                  source=rec.get("name", bad))
+        with store.write() as w:
+            moves.record(w, f"release/{rec['key']}", [mv])
+    finally:
+        store.close()
+    return rec
+
+
+def test_an_interrupted_release_whose_name_was_taken_is_finished_under_another_name(qsup, make_spool):
+    ids, bad = poison_quarantined(qsup, make_spool)
+    poison = (qsup.spool / "quarantine" / bad).read_bytes()
+    rec = leave_release_intent(qsup, bad)
+    # meanwhile a new message arrives under the same queue ID (maildir rule)
+    fresh = b"Subject: a new message under a reused ID\r\n\r\nhello\r\n"
+    (qsup.spool / "tmp" / bad).write_bytes(fresh)
+    os.rename(qsup.spool / "tmp" / bad, qsup.spool / "incoming" / bad)
+    for _ in range(2):  # and no restart loop
+        proc = qsup.drain("--worker", DEMO)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert (qsup.spool / "outgoing" / bad).read_bytes() == fresh
+    renamed = f"{bad}.{rec['fp'][:12]}"
+    assert [r["qid"] for r in qsup.listing()] == [renamed]  # scanned again: still poison
+    assert (qsup.spool / "quarantine" / renamed).read_bytes() == poison
+    assert_conserved(qsup.spool, [i for i in ids if i != bad] + [renamed])
+    assert not list((qsup.spool / "incoming").iterdir())
+
+
+def test_an_interrupted_link_and_unlink_move_leaves_one_copy(qsup, make_spool):
+    # rename_noreplace falls back to link() + unlink() where renameat2 is missing:
+    # killed between the two, the message has two names, and the move's target
+    # name is "taken" by the message itself.
+    ids, bad = poison_quarantined(qsup, make_spool)
+    leave_release_intent(qsup, bad)
+    os.link(qsup.spool / "quarantine" / bad, qsup.spool / "incoming" / bad)
+    proc = qsup.drain("--worker", DEMO)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    where = assert_conserved(qsup.spool, ids)  # one place, not two
+    assert where["quarantine"] == {bad} and [r["qid"] for r in qsup.listing()] == [bad]
