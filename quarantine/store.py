@@ -13,6 +13,10 @@ Named databases, values are compact JSON:
 
 A message key is ``ID:fingerprint`` so a reused queue ID starts with a clean record.
 Only the supervisor holding ``lock`` writes; other commands read, or ask it.
+
+A damaged state is a StateError (exit 4), never a traceback or a signal: data.mdb
+is looked at before LMDB maps it (:mod:`quarantine.datafile`; an empty one is not
+taken for a new state).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any
 
 import lmdb
 
+from quarantine import datafile
 from quarantine.errors import StateError, StateFull
 from quarantine.lock import PidLock
 
@@ -33,6 +38,7 @@ SCHEMA = 1
 DBS = ("meta", "batches", "pending", "history", "quarantine", "done", "intents")
 DEFAULT_MAP_MB = 1024
 LOCK_FILE = "lock"  # in the state directory, held by the one qsup writing it
+DATA_FILE = "data.mdb"
 
 
 def _enc(obj: Any) -> bytes:
@@ -41,6 +47,23 @@ def _enc(obj: Any) -> bytes:
 
 def _dec(raw: bytes | None) -> Any:
     return None if raw is None else json.loads(raw)
+
+
+def check_data_file(path: str) -> None:
+    """Refuse a data.mdb that LMDB would read past the end of (a SIGBUS, on every
+    command) or would silently start afresh over (an empty one). No data.mdb at all
+    is a new state."""
+    data = os.path.join(path, DATA_FILE)
+    try:
+        size = os.stat(data).st_size
+    except OSError:
+        return  # none (a new state), or LMDB says why it cannot open it
+    if size == 0:
+        raise StateError(f"state directory {path} has an empty {DATA_FILE} (a lost or reset state?)")
+    if datafile.SUPPORTED and lmdb.version()[:2] == (0, 9):  # the layout datafile knows
+        why = datafile.problem(data)
+        if why:
+            raise StateError(f"state corrupt: {data} is {why}")
 
 
 class Txn:
@@ -81,8 +104,9 @@ class Store:
             if not readonly:
                 os.makedirs(path, mode=0o700, exist_ok=True)
                 self._lock.acquire(f"state directory {path}")
-            elif not os.path.exists(os.path.join(path, "data.mdb")):
+            elif not os.path.exists(os.path.join(path, DATA_FILE)):
                 raise StateError(f"no qsup state in {path} (run qsup drain or qsup run first)")
+            check_data_file(path)
             self.env = lmdb.open(
                 path,
                 max_dbs=len(DBS),
@@ -94,6 +118,9 @@ class Store:
                 max_readers=64,
             )
             self.dbs = {name: self.env.open_db(name.encode(), create=not readonly) for name in DBS}
+        except StateError:
+            self.close()
+            raise
         except lmdb.Error as exc:
             self.close()
             raise StateError(f"state directory {path}: {exc}") from None

@@ -236,3 +236,30 @@ def test_an_interrupted_link_and_unlink_move_leaves_one_copy(qsup, make_spool):
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     where = assert_conserved(qsup.spool, ids)  # one place, not two
     assert where["quarantine"] == {bad} and [r["qid"] for r in qsup.listing()] == [bad]
+
+
+# ------------------------------------------------------------ a damaged state
+def test_a_truncated_state_is_exit_4_for_every_command(qsup, make_spool):
+    ids, bad = poison_quarantined(qsup, make_spool)
+    data = qsup.state / "data.mdb"
+    half = data.stat().st_size // 2
+    os.truncate(data, half)
+    spool = ["--spool", str(qsup.spool)]
+    for args in (["list"], ["show", bad], ["status"], ["drain", *spool, "--worker", DEMO],
+                 ["run", *spool, "--worker", DEMO], ["release", bad, *spool],
+                 ["purge", bad, "--yes", *spool]):
+        failed_cleanly(qsup(*args), "state corrupt", str(data), "truncated")
+    assert data.stat().st_size == half  # nobody started afresh over it
+    where = assert_conserved(qsup.spool, ids)
+    assert where["quarantine"] == {bad}
+
+
+def test_an_empty_data_file_is_not_taken_for_a_new_state(qsup, make_spool):
+    ids = make_spool(5, {})
+    qsup.state.mkdir()
+    (qsup.state / "data.mdb").write_bytes(b"")
+    for args in (["drain", "--spool", str(qsup.spool), "--worker", DEMO], ["list"], ["status"]):
+        failed_cleanly(qsup(*args), f"state directory {qsup.state} has an empty data.mdb",
+                       "(a lost or reset state?)")
+    assert (qsup.state / "data.mdb").stat().st_size == 0
+    assert set(os.listdir(qsup.spool / "incoming")) == set(ids)
