@@ -16,7 +16,7 @@ Only the supervisor holding ``lock`` writes; other commands read, or ask it.
 
 A damaged state is a StateError (exit 4), never a traceback or a signal: data.mdb
 is looked at before LMDB maps it (:mod:`quarantine.datafile`; an empty one is not
-taken for a new state).
+taken for a new state), and a value that is not JSON names its database and key.
 """
 
 from __future__ import annotations
@@ -45,10 +45,6 @@ def _enc(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
-def _dec(raw: bytes | None) -> Any:
-    return None if raw is None else json.loads(raw)
-
-
 def check_data_file(path: str) -> None:
     """Refuse a data.mdb that LMDB would read past the end of (a SIGBUS, on every
     command) or would silently start afresh over (an empty one). No data.mdb at all
@@ -67,13 +63,29 @@ def check_data_file(path: str) -> None:
 
 
 class Txn:
-    """A transaction over the named databases with JSON values."""
+    """A transaction over the named databases with JSON values. A value that does
+    not decode is a StateError naming its database and key."""
 
-    def __init__(self, txn: lmdb.Transaction, dbs: dict):
-        self._txn, self._dbs = txn, dbs
+    def __init__(self, txn: lmdb.Transaction, dbs: dict, path: str = ""):
+        self._txn, self._dbs, self._path = txn, dbs, path
+
+    def _dec(self, db: str, key: str, raw: bytes | None) -> Any:
+        if raw is None:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise StateError(f"state corrupt: {db}/{key} is not valid JSON (in {self._path})") from None
+
+    def _key(self, db: str, raw: bytes) -> str:
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:
+            raise StateError(f"state corrupt: {db} has a key that is not UTF-8, "
+                             f"{ascii(raw[:80])[2:-1]} (in {self._path})") from None
 
     def get(self, db: str, key: str) -> Any:
-        return _dec(self._txn.get(key.encode(), db=self._dbs[db]))
+        return self._dec(db, key, self._txn.get(key.encode(), db=self._dbs[db]))
 
     def put(self, db: str, key: str, value: Any) -> None:
         self._txn.put(key.encode(), _enc(value), db=self._dbs[db])
@@ -86,10 +98,10 @@ class Txn:
             if prefix and not cur.set_range(prefix.encode()):
                 return
             for k, v in cur if prefix else cur.iternext():
-                key = k.decode()
+                key = self._key(db, k)
                 if prefix and not key.startswith(prefix):
                     return
-                yield key, _dec(v)
+                yield key, self._dec(db, key, v)
 
     def count(self, db: str) -> int:
         return self._txn.stat(self._dbs[db])["entries"]
@@ -149,7 +161,7 @@ class Store:
             raise StateError("state opened read-only")
         try:
             with self.env.begin(write=True) as txn:
-                yield Txn(txn, self.dbs)
+                yield Txn(txn, self.dbs, self.path)
         except lmdb.MapFullError:
             raise StateFull(
                 f"state map in {self.path} is full: raise map_size_mb and restart"
@@ -166,7 +178,7 @@ class Store:
     @contextmanager
     def read(self) -> Iterator[Txn]:
         with self.env.begin(write=False) as txn:
-            yield Txn(txn, self.dbs)
+            yield Txn(txn, self.dbs, self.path)
 
     def close(self) -> None:
         env = getattr(self, "env", None)

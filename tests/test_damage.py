@@ -11,6 +11,7 @@ under CI=1 (root on Debian), where it must work.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -262,4 +263,50 @@ def test_an_empty_data_file_is_not_taken_for_a_new_state(qsup, make_spool):
         failed_cleanly(qsup(*args), f"state directory {qsup.state} has an empty data.mdb",
                        "(a lost or reset state?)")
     assert (qsup.state / "data.mdb").stat().st_size == 0
+    assert set(os.listdir(qsup.spool / "incoming")) == set(ids)
+
+
+def flip_all(path: Path, pattern: bytes, mask: int = 0xFF) -> int:
+    """Flip bits (*mask*) of the first byte of every occurrence of *pattern* in *path*
+    (old copies in freed pages too, so the live one is surely hit). How many."""
+    data = bytearray(path.read_bytes())
+    hits, at = 0, data.find(pattern)
+    while at >= 0:
+        data[at] ^= mask
+        hits += 1
+        at = data.find(pattern, at + 1)
+    with open(path, "r+b") as fh:
+        fh.write(data)
+    return hits
+
+
+def test_flipped_bytes_in_a_record_are_exit_4_naming_it(qsup, make_spool):
+    ids, bad = poison_quarantined(qsup, make_spool)
+    assert flip_all(qsup.state / "data.mdb", b'{"qid":') > 0
+    for args in (["list"], ["list", "--json"], ["show", bad]):
+        failed_cleanly(qsup(*args), "state corrupt", f"/{bad}:", "is not valid JSON")
+    assert_conserved(qsup.spool, ids)
+
+
+def test_bad_json_in_a_batch_in_flight_is_exit_4_naming_it(qsup, make_spool, tmp_path):
+    ids = make_spool(10, {})
+    worker, gate = tmp_path / "gated.py", tmp_path / "gate"
+    worker.write_text(GATED)
+    argv = qsup.argv("drain", "--spool", str(qsup.spool), "--worker", f"{sys.executable} {worker}",
+                     "--workers", "1")
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "QSUP_TEST_GATE": str(gate)}, cwd=str(tmp_path))
+    try:
+        wait_for(lambda: Path(f"{gate}.started").exists() or proc.poll() is not None,
+                 what="the batch in flight")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        gate.touch()  # the orphaned worker ends
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert flip_all(qsup.state / "data.mdb", b'{"ids":', mask=0x01) > 0  # '{' -> 'z'
+    line = failed_cleanly(qsup.drain("--worker", DEMO), "state corrupt", "batches/", "is not valid JSON")
+    assert str(qsup.state) in line
     assert set(os.listdir(qsup.spool / "incoming")) == set(ids)
