@@ -16,7 +16,8 @@ Only the supervisor holding ``lock`` writes; other commands read, or ask it.
 
 A damaged state is a StateError (exit 4), never a traceback or a signal: data.mdb
 is looked at before LMDB maps it (:mod:`quarantine.datafile`; an empty one is not
-taken for a new state), and a value that is not JSON names its database and key.
+taken for a new state), a value that is not JSON names its database and key, and a
+full disk says so.
 """
 
 from __future__ import annotations
@@ -39,10 +40,38 @@ DBS = ("meta", "batches", "pending", "history", "quarantine", "done", "intents")
 DEFAULT_MAP_MB = 1024
 LOCK_FILE = "lock"  # in the state directory, held by the one qsup writing it
 DATA_FILE = "data.mdb"
+LOW_SPACE = 1 << 20  # free bytes under which an I/O error writing the state is a full disk
+_CORRUPT = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb.VersionMismatchError)
 
 
 def _enc(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def failure(path: str, exc: Exception, doing: str = "write") -> StateError:
+    """The StateError for *exc*, met while *doing* in the state directory *path*.
+    A full disk says so: LMDB reports a short write to a full disk as EIO."""
+    if isinstance(exc, lmdb.MapFullError):
+        return StateFull(f"state map in {path} is full: raise map_size_mb and restart")
+    text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    code = exc.errno if isinstance(exc, OSError) else None
+    full = isinstance(exc, lmdb.DiskError) or code in (errno.ENOSPC, errno.EDQUOT) or any(
+        os.strerror(e) in text for e in (errno.ENOSPC, errno.EDQUOT))
+    if full or ((code == errno.EIO or os.strerror(errno.EIO) in text) and _low_space(path)):
+        return StateFull(f"state disk is full: cannot {doing} the state in {path} ({text})")
+    if isinstance(exc, _CORRUPT):
+        return StateError(f"state corrupt in {path}: {text}")
+    if isinstance(exc, PermissionError):
+        return StateError(f"state directory {path} is not writable: {text}")
+    return StateError(f"state directory {path}: cannot {doing}: {text}")
+
+
+def _low_space(path: str) -> bool:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < LOW_SPACE
 
 
 def check_data_file(path: str) -> None:
@@ -133,15 +162,9 @@ class Store:
         except StateError:
             self.close()
             raise
-        except lmdb.Error as exc:
+        except (lmdb.Error, OSError) as exc:
             self.close()
-            raise StateError(f"state directory {path}: {exc}") from None
-        except PermissionError as exc:
-            self.close()
-            raise StateError(f"state directory {path} is not writable: {exc.strerror}") from None
-        except OSError as exc:
-            self.close()
-            raise StateError(f"state directory {path}: {exc.strerror or exc}") from None
+            raise failure(path, exc, "open") from None
         if not readonly:
             with self.write() as w:
                 schema = w.get("meta", "schema")
@@ -162,23 +185,20 @@ class Store:
         try:
             with self.env.begin(write=True) as txn:
                 yield Txn(txn, self.dbs, self.path)
-        except lmdb.MapFullError:
-            raise StateFull(
-                f"state map in {self.path} is full: raise map_size_mb and restart"
-            ) from None
         except lmdb.Error as exc:
-            if isinstance(exc, lmdb.DiskError) or "No space" in str(exc):
-                raise StateFull(f"disk under {self.path} is full: {exc}") from None
-            raise StateError(f"state write failed in {self.path}: {exc}") from None
+            raise failure(self.path, exc) from None
         except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                raise StateFull(f"disk under {self.path} is full") from None
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise failure(self.path, exc) from None
             raise
 
     @contextmanager
     def read(self) -> Iterator[Txn]:
-        with self.env.begin(write=False) as txn:
-            yield Txn(txn, self.dbs, self.path)
+        try:
+            with self.env.begin(write=False) as txn:
+                yield Txn(txn, self.dbs, self.path)
+        except lmdb.Error as exc:
+            raise failure(self.path, exc, "read") from None
 
     def close(self) -> None:
         env = getattr(self, "env", None)

@@ -310,3 +310,36 @@ def test_bad_json_in_a_batch_in_flight_is_exit_4_naming_it(qsup, make_spool, tmp
     line = failed_cleanly(qsup.drain("--worker", DEMO), "state corrupt", "batches/", "is not valid JSON")
     assert str(qsup.state) in line
     assert set(os.listdir(qsup.spool / "incoming")) == set(ids)
+
+
+# ---------------------------------------------------------- a full state disk
+def test_a_full_state_disk_stops_the_drain_saying_so(qsup, make_spool):
+    ids = make_spool(1500, {})
+    with tmpfs(qsup.state, "1m"):
+        free = os.statvfs(qsup.state)
+        filler = qsup.state / "filler"
+        filler.write_bytes(b"x" * (free.f_bavail * free.f_frsize - 80 * 1024))
+        failed_cleanly(qsup.drain("--worker", DEMO, "--batch-size", "5"), "state disk is full",
+                       str(qsup.state))
+        assert_conserved(qsup.spool, ids)
+        with open(filler, "ab", buffering=0) as fh:  # not a byte left: a restart says the same
+            try:
+                while fh.write(b"x" * 4096):
+                    pass
+            except OSError:
+                pass
+        failed_cleanly(qsup.drain("--worker", DEMO), "state disk is full", str(qsup.state))
+        assert_conserved(qsup.spool, ids)
+        filler.unlink()
+        proc = qsup.drain("--worker", DEMO)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        where = assert_conserved(qsup.spool, ids)
+        assert where["outgoing"] == set(ids)
+
+
+def test_a_canary_file_that_cannot_be_read_is_exit_2_naming_it(qsup, make_spool, tmp_path):
+    make_spool(3, {})
+    missing = tmp_path / "no-such-canary.eml"
+    proc = qsup.drain("--worker", DEMO, "--canary", str(missing))
+    assert "Traceback" not in proc.stderr and proc.returncode == 2, proc.stderr[-2000:]
+    assert f"canary: cannot read {missing}" in proc.stderr
