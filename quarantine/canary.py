@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 import shutil
 
+from quarantine import store
+from quarantine.errors import ConfigError
+
 CANARY_ID = "qsup-canary"
 
 BUILTIN = (
@@ -24,16 +27,28 @@ BUILTIN = (
 
 def prepare(state_dir: str, source: str | None) -> str:
     """Place the canary in a private directory of the state dir; return its path.
-    The file is named like a queue ID so workers treat it like any message."""
+    The file is named like a queue ID so workers treat it like any message. A
+    canary file that cannot be read is a ConfigError; a state directory that cannot
+    be written (a full disk) a StateError."""
+    try:
+        src = open(source, "rb") if source else None
+    except OSError as exc:
+        raise ConfigError(f"canary: cannot read {source}: {exc.strerror or exc}") from None
     folder = os.path.join(state_dir, "canary")
-    os.makedirs(folder, mode=0o700, exist_ok=True)
     path = os.path.join(folder, CANARY_ID)
     tmp = path + ".tmp"
-    if source:
-        shutil.copyfile(source, tmp)
-    else:
+    try:
+        os.makedirs(folder, mode=0o700, exist_ok=True)
         with open(tmp, "wb") as fh:
-            fh.write(BUILTIN)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+            if src is None:
+                fh.write(BUILTIN)
+            else:
+                shutil.copyfileobj(src, fh)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise store.failure(state_dir, exc) from None
+    finally:
+        if src is not None:
+            src.close()
     return path

@@ -32,6 +32,13 @@ class StateFull(StateError):
     """The LMDB map or the disk under it is full."""
 
 
+class QueueError(QsupError):
+    """The queue refused a move or a deletion (another file system, an immutable or
+    read-only directory): qsup stops safely; the message stays where it was."""
+
+    exit_code = EXIT_STATE
+
+
 class NotFound(QsupError):
     """A quarantined message named on the command line does not exist."""
 

@@ -98,8 +98,11 @@ class Queue(Protocol):
 
     def apply(self, move: Move) -> str:
         """Make the move. Idempotent: called again after a restart it finishes the
-        move or sees it done. Returns ``"moved"``, ``"already"`` or ``"gone"`` (the
-        message vanished from under qsup). Never overwrites another message."""
+        move or sees it done. Returns ``"moved"``, ``"already"``, ``"gone"`` (the
+        message vanished from under qsup) or ``"taken"`` (nothing moved: another
+        message holds the name :meth:`plan` chose; plan again). Never overwrites
+        another message. A move the queue refuses raises ``QueueError`` (exit 4)
+        naming it, with the message left where it was."""
 
     def head(self, location: str, name: str, limit: int) -> bytes:
         """Up to *limit* bytes from the start of a message in *location*

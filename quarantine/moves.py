@@ -7,6 +7,13 @@ moves, after. A qsup killed at any instant finishes the group on its next start
 (:func:`finish_pending`). ``Queue.apply`` is idempotent, which is what makes
 replaying an intent safe; it is also why the clearing may wait for the next
 durable commit (the supervisor groups it with its next pass).
+
+A move the queue refuses (``QueueError``) leaves the message where it was and its
+intent on disk, so the next start finishes it once the cause is fixed; except a
+group made at once by :func:`move` (a release), whose failure the operator is told:
+what it did not make is withdrawn, never made later behind their back. A name taken
+since it was chosen (a new message under a reused queue ID) is chosen again, and
+written to the intent before the move is made.
 """
 
 from __future__ import annotations
@@ -14,12 +21,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+from quarantine.errors import QueueError
 from quarantine.hookspecs import Move, Queue
 from quarantine.ids import message_key
 from quarantine.store import Store, Txn
 
 log = logging.getLogger("qsup")
 _FIELDS = tuple(f.name for f in dataclasses.fields(Move))  # an intent stores them in this order
+_CHOICES = 3  # names tried for a move whose name keeps being taken
 
 
 def record(w: Txn, key: str, moves: list[Move], extra: dict | None = None) -> None:
@@ -28,8 +37,44 @@ def record(w: Txn, key: str, moves: list[Move], extra: dict | None = None) -> No
 
 
 def make(queue: Queue, moves: list[Move]) -> list[str]:
-    """Make the moves (their intent is on disk); the queue's result for each."""
-    return [queue.apply(m) for m in moves]
+    """Make the moves (their intent is on disk); the queue's result for each. A
+    refused move, or a name taken since it was chosen, stops here (QueueError): the
+    intent stays, and the next start finishes the group."""
+    results = []
+    for m in moves:
+        try:
+            result = queue.apply(m)
+        except QueueError as exc:
+            raise QueueError(f"{exc}; left where it is, the next start retries the move") from None
+        if result == "taken":
+            raise QueueError(f"cannot move {m.qid} to {m.dest}/{m.name}: the name was taken "
+                             f"since it was chosen; the next start chooses another")
+        results.append(result)
+    return results
+
+
+def _make_renaming(store: Store, queue: Queue, key: str, group: list[Move], extra: dict,
+                   results: list[str | None]) -> list[str]:
+    """Make the moves of *group* not made yet (None in *results*, filled in as they
+    are made). A move whose name was taken gets another, written to the intent
+    first: the group (the list itself) then holds the names the moves went to."""
+    for _ in range(_CHOICES):
+        for i, m in enumerate(group):
+            if results[i] is None:
+                results[i] = queue.apply(m)
+        taken = [i for i, r in enumerate(results) if r == "taken"]
+        if not taken:
+            return results
+        for i in taken:
+            old, results[i] = group[i], None
+            group[i] = queue.plan(old.qid, old.fp, old.dest, old.origin, old.source)
+            log.warning("%s: %s/%s was taken meanwhile; moving it as %s instead", old.qid,
+                        old.dest, old.name, group[i].name)
+        with store.write() as w:
+            record(w, key, group, extra)
+    m = group[taken[0]]
+    raise QueueError(f"cannot move {m.qid} to {m.dest}/: every name chosen for it was taken "
+                     f"({_CHOICES} tries)")
 
 
 def complete(w: Txn, key: str, moves: list[Move], results: list[str], now: float,
@@ -68,7 +113,14 @@ def move(store: Store, queue: Queue, key: str, moves: list[Move], now: float,
         return []
     with store.write() as w:
         record(w, key, moves, extra)
-    results = make(queue, moves)
+    results: list[str | None] = [None] * len(moves)
+    try:
+        _make_renaming(store, queue, key, moves, extra or {}, results)
+    except QueueError:
+        made = [(m, r) for m, r in zip(moves, results) if r not in (None, "taken")]
+        with store.write() as w:  # the caller reports the failure: withdraw the rest
+            complete(w, key, [m for m, _ in made], [r for _, r in made], now, extra)
+        raise
     with store.write() as w:
         complete(w, key, moves, results, now, extra)
     return results
@@ -81,10 +133,15 @@ def finish_pending(store: Store, queue: Queue, now: float) -> int:
     count = 0
     for key, entry in pending:
         group = [Move(*fields) for fields in entry["moves"]]
-        results = make(queue, group)
+        extra = {k: v for k, v in entry.items() if k != "moves"}
+        try:
+            results = _make_renaming(store, queue, key, group, extra, [None] * len(group))
+        except QueueError as exc:
+            raise QueueError(f"{exc}; left where it is, the next start retries the move") from None
         with store.write() as w:
-            complete(w, key, group, results, now, entry)
+            complete(w, key, group, results, now, extra)
         count += len(group)
-        log.info("finished %d interrupted move(s) (%s)", len(group),
-                 ", ".join(f"{m.qid} to {m.dest}: {r}" for m, r in zip(group[:5], results)))
+        log.info("finished %d interrupted move(s) (%s)", len(group), ", ".join(
+            f"{m.qid} to {m.dest}{f' as {m.name}' if m.name != m.qid else ''}: {r}"
+            for m, r in zip(group[:5], results)))
     return count

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from quarantine import moves
-from quarantine.errors import EXIT_STATE, NotFound, StateError
+from quarantine.errors import EXIT_STATE, NotFound, QueueError, StateError
 from quarantine.hookspecs import Queue
 from quarantine.ids import is_queue_id
 from quarantine.store import Store
@@ -231,7 +231,7 @@ def _serve(path: str, store: Store, queue: Queue) -> dict:
             return {"ok": False, "code": EXIT_STATE,
                     "error": "the running qsup took the request past its deadline; nothing was done"}
         return {"ok": True, **execute(store, queue, req).to_json()}
-    except NotFound as exc:
+    except (NotFound, QueueError) as exc:  # a refused move says why; the daemon goes on
         return {"ok": False, "error": str(exc), "code": exc.exit_code}
     except (ValueError, KeyError, TypeError, OSError) as exc:
         return {"ok": False, "error": f"bad request {name}: {exc}", "code": 2}

@@ -8,7 +8,9 @@
 
 Anything in incoming/ that is not a regular file with a queue-ID name is never read,
 moved or followed, and reported once. Moves are rename() within the file system and
-never overwrite: a name already taken gets the fingerprint appended.
+never overwrite: a name already taken gets the fingerprint appended. A move or a
+deletion the file system refuses (another file system, an immutable or read-only
+directory) is a QueueError naming both paths and the reason; the file stays put.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import stat
 import weakref
 from collections.abc import Callable, Iterator
 
+from quarantine.errors import ConfigError, QueueError
 from quarantine.hookspecs import MessageRef, Move, Quarantined, hookimpl
 from quarantine.ids import FINGERPRINT_BYTES, fingerprint, is_queue_id
 from quarantine.lock import PidLock
@@ -42,6 +45,8 @@ if _renameat2 is not None:
     _renameat2.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
     _renameat2.restype = ctypes.c_int
 _AT_FDCWD, _RENAME_NOREPLACE = -100, 1
+# a file system that refuses: the spool cannot be used until an operator acts
+_REFUSALS = {errno.EROFS, errno.EPERM, errno.EACCES, errno.ENOSPC, errno.EDQUOT, errno.EIO}
 
 
 def rename_noreplace(src: str, dst: str) -> None:
@@ -234,15 +239,33 @@ class SpoolQueue:
 
     def apply(self, move: Move) -> str:
         src, dst = self._src(move), self.path(move.dest, move.name)
-        if self._unchanged(move, src):
-            rename_noreplace(src, dst)
+        try:
+            if self._unchanged(move, src):
+                if not self._rename(src, dst):
+                    return "taken"
+                result = "moved"
+            else:
+                found = self._identify_path(dst)
+                if found is None or not (found[1] == move.fp or move.origin == "quarantine"):
+                    return "gone"  # (a released file is known by its name, as in _unchanged)
+                result = "already"  # also when killed before the chmod below
             if move.dest == "quarantine":
                 os.chmod(dst, 0o600, follow_symlinks=False)
-            return "moved"
-        found = self._identify_path(dst)
-        if found is not None and (found[1] == move.fp or move.origin == "quarantine"):
-            return "already"  # (a released file is known by its name, as in _unchanged)
-        return "gone"
+            return result
+        except OSError as exc:
+            raise QueueError(f"cannot move {src} to {dst}: {_reason(exc)}") from None
+
+    @staticmethod
+    def _rename(src: str, dst: str) -> bool:
+        """rename_noreplace(); False if another file holds *dst*."""
+        try:
+            rename_noreplace(src, dst)
+            return True
+        except FileExistsError:
+            if not _same_file(src, dst):
+                return False
+        os.unlink(src)  # link() + unlink() cut short: *dst* is this message already
+        return True
 
     def head(self, location: str, name: str, limit: int) -> bytes:
         if location not in SUBDIRS or not is_queue_id(name):
@@ -278,11 +301,14 @@ class SpoolQueue:
     def purge(self, name: str) -> bool:
         if not is_queue_id(name):
             return False
+        path = os.path.join(self.dir("quarantine"), name)
         try:
-            os.unlink(os.path.join(self.dir("quarantine"), name))
+            os.unlink(path)
             return True
         except FileNotFoundError:
             return False
+        except OSError as exc:
+            raise QueueError(f"cannot delete {path}: {_reason(exc)}") from None
 
     def reports(self) -> list[str]:
         return self._reports.take()
@@ -291,9 +317,36 @@ class SpoolQueue:
         self._lock.release()
 
 
+def _reason(exc: OSError) -> str:
+    if exc.errno == errno.EXDEV:
+        return f"{exc.strerror} (the spool's directories must all be on one file system)"
+    return exc.strerror or str(exc)
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        sa, sb = os.lstat(a), os.lstat(b)
+    except FileNotFoundError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def open_spool(root: str, lock: bool = False) -> SpoolQueue:
+    """The spool at *root*; a file system that refuses to prepare it (read-only,
+    immutable, full) is a QueueError (exit 4), a path that cannot be one (a file,
+    say) a ConfigError (exit 2)."""
+    try:
+        return SpoolQueue(root, lock=lock)
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        if exc.errno in _REFUSALS:
+            raise QueueError(f"cannot use the spool {root}: {_reason(exc)}{where}") from None
+        raise ConfigError(f"spool: cannot use {root}: {_reason(exc)}{where}") from None
+
+
 @hookimpl
 def qsup_queue_types():
-    return {"spool": lambda config: SpoolQueue(config.spool, lock=True)}
+    return {"spool": lambda config: open_spool(config.spool, lock=True)}
 
 
 @hookimpl

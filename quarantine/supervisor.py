@@ -21,7 +21,7 @@ from enum import IntEnum
 from quarantine import canary, moves, ops
 from quarantine.config import Config
 from quarantine.environment import Environment, Proof
-from quarantine.errors import EXIT_BREAKER, EXIT_OK, StateError
+from quarantine.errors import EXIT_BREAKER, EXIT_OK, QueueError, StateError
 from quarantine.events import Events
 from quarantine.hookspecs import Queue, Scanner
 from quarantine.intake import Intake
@@ -91,10 +91,10 @@ class Supervisor:
         try:
             while (code := self.step(self.clock(), follow)) is None:
                 self.wait()
-        except StateError as exc:
-            # Full map or disk, or a broken state directory: stop safely. Nothing is
-            # moved without its record, so what is in flight stays in incoming/ and
-            # is recovered by the next start.
+        except (StateError, QueueError) as exc:
+            # Full map or disk, a broken state directory, a move the file system
+            # refuses: stop safely. Nothing is moved without its record, so what is in
+            # flight stays in incoming/ and is recovered by the next start.
             log.error("state problem, stopping: %s", exc)
             self._state_broken = True
             raise
