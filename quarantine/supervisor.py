@@ -95,7 +95,7 @@ class Supervisor:
             # Full map or disk, a broken state directory, a move the file system
             # refuses: stop safely. Nothing is moved without its record, so what is in
             # flight stays in incoming/ and is recovered by the next start.
-            log.error("state problem, stopping: %s", exc)
+            log.error("stopping: %s", exc)
             self._state_broken = True
             raise
         finally:
