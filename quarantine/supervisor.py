@@ -193,13 +193,12 @@ class Supervisor:
                 for qid in decision.deliver:
                     if qid in e.verdicts:
                         self.events.verdict(qid=qid, verdict=e.verdicts[qid], queue=self.queue)
-        if delivers:
-            self.ledger.make_moves(key, delivers)
+        gone = self.ledger.make_moves(key, delivers) if delivers else set()
         for e, decision in zip(ended, decisions):
             for qid in decision.deliver:
                 self.isolation.release(qid)
                 self.queue.scan_done(qid)
-            self.telemetry.delivered(len(decision.deliver), now)
+            self.telemetry.delivered(len(decision.deliver) - len(gone.intersection(decision.deliver)), now)
             if e.outcome.ending is Ending.OK:
                 self.env.healthy(e.fresh_start)
 

@@ -241,3 +241,22 @@ def test_kill_dash_nine_during_recovery_never_duplicates_a_suspect(qsup, make_sp
     assert final.returncode == 0, final.stderr[-2000:]
     where = assert_conserved(qsup.spool, ids)
     assert where["outgoing"] == set(ids)
+
+
+@pytest.mark.parametrize("mode", ["oneshot", "persistent"])
+def test_a_scanner_that_edits_messages_in_place_gets_them_delivered_once(qsup, make_spool, mode):
+    """Finding 8: a scanner tagging `X-Scanned: yes` into each file made every move see
+    a changed fingerprint: 'gone', re-listed, re-scanned for ever (805 'vanished' lines
+    for 10 messages, 'delivered 805' with nothing delivered). A scanner may modify a
+    message during its batch (contract §4): qsup delivers what it left, and counts
+    real moves."""
+    ids = make_spool(10, {})
+    proc = qsup.drain("--worker", py("tagger.py"), "--worker-mode", mode, "--workers", "2",
+                      "--batch-size", "5", timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    where = assert_conserved(qsup.spool, ids)
+    assert where["outgoing"] == set(ids)
+    for qid in ids:
+        assert (qsup.spool / "outgoing" / qid).read_bytes().count(b"X-Scanned: yes") == 1
+    assert qsup.summary(proc)["delivered"] == 10
+    assert "vanished" not in proc.stderr
