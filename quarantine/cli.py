@@ -6,10 +6,11 @@ import json
 import logging
 import os
 import sys
+import time
 
 import click
 
-from quarantine import binding, ops, pm
+from quarantine import binding, moves, ops, pm
 from quarantine.app import build_supervisor, handle_signals, setup_logging
 from quarantine.config import (
     BY_NAME,
@@ -280,6 +281,7 @@ def _state_action(ctx: Ctx, request: dict, wait: float, **config_kw) -> None:
         if config.queue not in queues:
             raise ConfigError(f"queue: unknown kind {config.queue!r} (known: {', '.join(sorted(queues))})")
         queue = queues[config.queue](config)
+        moves.finish_pending(store, queue, time.time())  # what a killed release or qsup began
         done = ops.execute(store, queue, request)
     finally:
         store.close()
