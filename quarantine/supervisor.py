@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from enum import IntEnum
 
-from quarantine import canary, moves, ops
+from quarantine import canary, ops
 from quarantine.config import Config
 from quarantine.environment import Environment, Proof
 from quarantine.errors import EXIT_BREAKER, EXIT_OK, QueueError, StateError
@@ -63,7 +63,7 @@ class Supervisor:
         self.intake = Intake(queue, config, self.isolation.held, self.stats)
         self.pool = WorkerPool(config, scanner, self.stats, owner=self.state_dir, clock=clock,
                                adopt_orphans=adopt_orphans)
-        self.ledger = Ledger(store, queue, wall)
+        self.ledger = Ledger(store, queue, wall, lambda: self.pool.scanner.name)
         self.judge = Judge(self.env, self.isolation, self.ledger, queue, self.events, self.stats, clock)
         self.canary_path = canary.prepare(self.state_dir, config.canary)
         self.stop = Stop.NONE
@@ -116,7 +116,7 @@ class Supervisor:
         ended, canary_end = self.pool.collect(now, stopping=bool(stop))
         if canary_end is not None:
             run, ending, detail = canary_end
-            self.judge.act(self.env.canary_ended(run.started, ending, detail, now), now)
+            self.judge.act(self.env.canary_ended(run.started, ending, detail, now, run.batch_id), now)
         if self._reload_wanted:
             self._reload()
         if stop:
@@ -183,7 +183,7 @@ class Supervisor:
                 delivers += [self.queue.plan(q, e.fps[q], "outgoing") for q in decision.deliver]
             if delivers:
                 key = f"deliver/{self._new_id()}"
-                moves.record(w, key, delivers)
+                self.ledger.deliver(w, key, delivers, ended)  # the intent, and the journal
             if dispatch and not self.env.is_open:  # a storm in this pass stops its dispatch
                 ready = self._dispatch(w)
         for inflight in ready:
@@ -201,7 +201,7 @@ class Supervisor:
                 self.queue.scan_done(qid)
             self.telemetry.delivered(len(decision.deliver), now)
             if e.outcome.ending is Ending.OK:
-                self.env.healthy(e.fresh_start)
+                self.env.healthy(e.fresh_start, e.batch_id, e.detail.get("pid"))
 
     # ---------------------------------------------------------------- dispatch
     def _dispatch(self, w: Txn) -> list[InFlight]:
