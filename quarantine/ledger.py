@@ -18,6 +18,7 @@ from quarantine.headers import HEAD_BYTES, summary
 from quarantine.hookspecs import Move, Queue
 from quarantine.ids import message_key
 from quarantine.journal import Journal
+from quarantine.outbox import Outbox
 from quarantine.policy import Batch, Lane
 from quarantine.store import Store, Txn
 
@@ -149,10 +150,11 @@ class Ledger:
     """The supervisor's write side of the store. One durable transaction per loop
     pass: :meth:`pass_txn` first completes the moves the previous pass made."""
 
-    def __init__(self, store: Store, queue: Queue, wall, scanner=lambda: ""):
+    def __init__(self, store: Store, queue: Queue, wall, scanner=lambda: "", outbox: Outbox | None = None):
         self.store, self.queue, self.wall = store, queue, wall
         self._completing: list[Completing] = []
         self.journal = Journal(scanner)  # the audit trail, written with what it tells of
+        self.outbox = outbox or Outbox()  # the operator's next digest
 
     @property
     def has_completions(self) -> bool:
@@ -211,12 +213,14 @@ class Ledger:
             w.delete("pending", cand.pending)
             moves.record(w, ikey, [mv], extra)
             jkey = self.journal.quarantined(w, record["when"], record)
+            note = self.outbox.quarantined(w, record["when"], record)
         results = moves.make(self.queue, [mv])
         with self.store.write() as w:
             moves.complete(w, ikey, [mv], results, self.wall(), extra)
             if results[0] == "gone":
                 w.delete("quarantine", cand.key)
                 w.delete(journal.DB, jkey)  # it did not happen
+                self.outbox.withdraw(w, note)
         return None if results[0] == "gone" else dict(record, name=mv.name, state="quarantined")
 
     def prune(self, retention_hours: float) -> int:
@@ -229,9 +233,14 @@ class Ledger:
                 for key in old[start:start + 5000]:
                     w.delete("done", key)
         entries = journal.prune(self.store, cutoff)
+        with self.store.write() as w:
+            unsent = Outbox.prune(w, cutoff)
         if old or entries:
             log.info("pruned %d completion record(s) and %d journal entr(ies) older than %.0fh",
                      len(old), entries, retention_hours)
+        if unsent:
+            log.warning("dropped %d digest event(s) older than %.0fh that were never sent", unsent,
+                        retention_hours)
         return len(old)
 
 

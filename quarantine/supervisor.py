@@ -28,6 +28,7 @@ from quarantine.intake import Intake
 from quarantine.isolation import Isolation
 from quarantine.judge import Judge
 from quarantine.ledger import BatchRecord, InFlight, Ledger
+from quarantine.notify import Notifier
 from quarantine.policy import Batch, Ending, Lane, Outcome
 from quarantine.pool import WorkerPool
 from quarantine.process import SpawnError
@@ -57,13 +58,14 @@ class Supervisor:
         self.clock, self.wall = clock, wall
         self.telemetry = Telemetry(clock, wall, mode)
         self.stats = self.telemetry.stats
-        self.events = Events(hooks, self.stats, clock)
+        self.notifier = Notifier(config, store, wall)  # operator digests
+        self.events = Events(hooks, self.stats, clock, self.notifier)
         self.env = Environment(config, self.events, self.stats)
         self.isolation = Isolation(config, self.stats)
         self.intake = Intake(queue, config, self.isolation.held, self.stats)
         self.pool = WorkerPool(config, scanner, self.stats, owner=self.state_dir, clock=clock,
                                adopt_orphans=adopt_orphans)
-        self.ledger = Ledger(store, queue, wall, lambda: self.pool.scanner.name)
+        self.ledger = Ledger(store, queue, wall, lambda: self.pool.scanner.name, self.notifier.outbox)
         self.judge = Judge(self.env, self.isolation, self.ledger, queue, self.events, self.stats, clock)
         self.canary_path = canary.prepare(self.state_dir, config.canary)
         self.stop = Stop.NONE
@@ -272,6 +274,7 @@ class Supervisor:
             self.intake.relist()  # released messages are in the queue now
         if self._prune.due(now):
             self.ledger.prune(self.config.done_retention_hours)
+        self.notifier.tick(now)
         if self.on_tick:
             self.on_tick(self)
 
@@ -298,7 +301,7 @@ class Supervisor:
                       "its queue (restart it to change that)", moved)
             return
         self.config = new
-        for part in (self.env, self.isolation, self.intake):
+        for part in (self.env, self.isolation, self.intake, self.notifier):
             part.configure(new)
         self.pool.configure(new, scanner)
         self.pool.retire_idle()  # persistent workers restart with the new settings
@@ -317,6 +320,7 @@ class Supervisor:
         self.pool.retire_idle(polite=2.0)
         self.pool.sweep_orphans()
         self.ledger.put_status(self.snapshot(now, force=True))
+        self.notifier.flush()  # what is due goes out before qsup exits
         self.pool.close()
 
 
