@@ -108,3 +108,15 @@ def test_a_state_from_before_the_journal_reads_as_an_empty_one(qsup, tmp_path):
     assert listed.returncode == 0 and json.loads(listed.stdout) == [], listed.stderr
     out = qsup("export", "--json")
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
+
+
+def test_a_delivery_whose_message_vanished_is_said_to_have_not_happened(store):
+    from quarantine import moves
+
+    t = 1_700_000_000.0
+    _deliver(store, t, "b1", ["Q1", "Q2"])
+    planned = [Move(q, "fp", "outgoing", q) for q in ("Q1", "Q2")]
+    with store.write() as w:
+        moves.complete(w, "deliver/b1", planned, ["moved", "gone"], t + 1)
+    fates = [(r.qid, r.fate) for k, e in journal.entries(store) for r in journal.rows(k, e)]
+    assert fates == [("Q1", "delivered"), ("Q2", "delivered"), ("Q2", "vanished")]
