@@ -186,10 +186,12 @@ class Ledger:
         moves.record(w, key, group)
         self.journal.delivered(w, self.wall(), key, group, ended)
 
-    def make_moves(self, key: str, group: list[Move]) -> None:
+    def make_moves(self, key: str, group: list[Move]) -> set[str]:
         """Make a group recorded in this pass; its completion goes in the next one
-        (replaying a finished move is harmless)."""
-        self._completing.append(Completing(key, group, moves.make(self.queue, group), self.wall()))
+        (replaying a finished move is harmless). Returns the IDs that were gone."""
+        results = moves.make(self.queue, group)
+        self._completing.append(Completing(key, group, results, self.wall()))
+        return {m.qid for m, r in zip(group, results) if r == "gone"}
 
     def quarantine(self, cand: Candidate, evidence: dict) -> dict | None:
         """Write the record, move the file (write-ahead), complete. Returns the record

@@ -97,7 +97,7 @@ class Supervisor:
             # Full map or disk, a broken state directory, a move the file system
             # refuses: stop safely. Nothing is moved without its record, so what is in
             # flight stays in incoming/ and is recovered by the next start.
-            log.error("state problem, stopping: %s", exc)
+            log.error("stopping: %s", exc)
             self._state_broken = True
             raise
         finally:
@@ -195,13 +195,12 @@ class Supervisor:
                 for qid in decision.deliver:
                     if qid in e.verdicts:
                         self.events.verdict(qid=qid, verdict=e.verdicts[qid], queue=self.queue)
-        if delivers:
-            self.ledger.make_moves(key, delivers)
+        gone = self.ledger.make_moves(key, delivers) if delivers else set()
         for e, decision in zip(ended, decisions):
             for qid in decision.deliver:
                 self.isolation.release(qid)
                 self.queue.scan_done(qid)
-            self.telemetry.delivered(len(decision.deliver), now)
+            self.telemetry.delivered(len(decision.deliver) - len(gone.intersection(decision.deliver)), now)
             if e.outcome.ending is Ending.OK:
                 self.env.healthy(e.fresh_start, e.batch_id, e.detail.get("pid"))
 
