@@ -215,18 +215,27 @@ def list_(ctx: Ctx, as_json: bool, **kwargs):
 def show(ctx: Ctx, qid: str, as_json: bool, **kwargs):
     """One message: every attempt (batch size, worker pid, crash kind, signal or
     exit code, peak RSS, duration, stderr tail), the bisection path, headers."""
-    store = _open_read(ctx, _overrides(kwargs))
+    from quarantine import export as export_
+    from quarantine.views import format_evidence
+
+    overrides = _overrides(kwargs)
+    store = _open_read(ctx, overrides)
     try:
         found = ops.details(store, qid)
+        with store.read() as r:
+            heads = export_.Headers(binding.recorded(r), ctx.config(overrides).spool)
     finally:
         store.close()
+    for item in found:  # a delivered message's headers, from outgoing/ while it is there
+        item["journal"] = [heads.fill_dict(row) for row in item["journal"]]
     if as_json:
         click.echo(json.dumps(found, indent=2, sort_keys=True))
         return
     for item in found:
         rec, hist = item["record"], item["history"]
         state = "quarantined" if item["quarantined"] else "not quarantined"
-        click.echo(f"{qid}  [{state}]  fingerprint {item['key'].split(':', 1)[1]}")
+        fp = item["key"].partition(":")[2]
+        click.echo(f"{qid}  [{state}]" + (f"  fingerprint {fp}" if fp else ""))
         if rec:
             click.echo(f"  when     {format_when(rec.get('when'))}")
             click.echo(f"  why      {format_why(rec)}")
@@ -234,6 +243,18 @@ def show(ctx: Ctx, qid: str, as_json: bool, **kwargs):
             click.echo(f"  size     {format_size(rec.get('size', 0))}")
             click.echo(f"  file     {rec.get('queue', '?')}: quarantine/{rec.get('name', qid)}")
             click.echo(f"  path     bisection {' -> '.join(rec.get('path') or ['-'])}")
+        for line in format_evidence(rec.get("evidence"), rec.get("when")):
+            click.echo(f"  {line}")
+        if item["journal"]:
+            click.echo("  journal:")
+        for row in item["journal"]:
+            said = "  ".join(filter(None, (row["verdict"], row["batch"] and f"batch {row['batch']}",
+                                           row["scanner"] and f"scanner {row['scanner']}",
+                                           row["name"] and f"as {row['name']}", row["note"])))
+            click.echo(f"    {format_when(row['time'])}  {row['fate']:<11}  {said}")
+            for key in ("message_id", "sender"):
+                if row[key] and not rec:
+                    click.echo(f"      {key.replace('_', '-')}: {row[key]}")
         for key, label in (("attempts_total", "attempts"), ("unexplained", "unexplained"),
                            ("deaths", "in flight when qsup died"), ("forgiven", "strikes forgiven")):
             if hist.get(key):
@@ -255,6 +276,42 @@ def show(ctx: Ctx, qid: str, as_json: bool, **kwargs):
             for k, v in rec["headers"].items():
                 click.echo(f"    {k}: {v}")
         click.echo("")
+
+
+@cli.command(epilog=EPILOG)
+@click.option("--since", metavar="WHEN", default=None,
+              help="From this time: ISO (2026-03-01T14:00, local unless it names a zone) or a "
+                   "duration back from now (90s, 30m, 2h, 1d, 1w). Default: the oldest entry kept "
+                   "(done_retention_hours).")
+@click.option("--until", metavar="WHEN", default=None, help="Up to this time (same forms). Default: now.")
+@click.option("--json", "as_json", is_flag=True, help="A JSON array, one object per record.")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV with a header line (the default).")
+@queue_options
+@click.pass_obj
+def export(ctx: Ctx, since, until, as_json: bool, as_csv: bool, **kwargs):
+    """Every message qsup handled in a window, one record each: qid, fate (delivered,
+    tagged, quarantined, released, purged; vanished: gone from the queue before its
+    move), time, message_id, sender, verdict, scanner. Oldest first, streamed."""
+    import time
+
+    from quarantine import export as export_
+
+    if as_json and as_csv:
+        raise click.UsageError("--json or --csv, not both")
+    now = time.time()
+    start = export_.parse_time(since, now, "--since") if since else None
+    end = export_.parse_time(until, now, "--until") if until else None
+    overrides = _overrides(kwargs)
+    store = _open_read(ctx, overrides)
+    try:
+        with store.read() as r:
+            heads = export_.Headers(binding.recorded(r), ctx.config(overrides).spool)
+        export_.write(sys.stdout, export_.rows(store, start, end, heads), as_json)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `qsup export | head`: the reader has seen enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    finally:
+        store.close()
 
 
 def _state_action(ctx: Ctx, request: dict, wait: float, **config_kw) -> None:

@@ -382,6 +382,19 @@ def kill_stale_workers(owner: str) -> int:
     return killed
 
 
+def pipe_to(argv: list[str], data: bytes, timeout: float) -> tuple[int | None, str]:
+    """Run *argv* with *data* on its stdin (a sendmail program): its exit status (None
+    if it could not start or was killed at *timeout*) and the tail of what it said."""
+    try:
+        done = subprocess.run(argv, input=data, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              timeout=timeout, close_fds=True)
+    except subprocess.TimeoutExpired:
+        return None, f"still running after {timeout:g}s: killed"
+    except OSError as exc:
+        return None, exc.strerror or str(exc)
+    return done.returncode, done.stderr[-STDERR_TAIL:].decode("utf-8", "replace").strip()
+
+
 def peak_rss_of_self() -> int:
     """qsup's own peak RSS in bytes (workers not included)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -395,6 +408,7 @@ __all__ = [
     "become_subreaper",
     "kill_stale_workers",
     "peak_rss_of_self",
+    "pipe_to",
     "reap_orphans",
     "sample_all",
     "signal_name",
