@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 import psutil
 
-MAX_LINE = 512  # longer status lines are dropped and counted, never trusted
+from quarantine.lines import LineReader
+
 STDERR_TAIL = 2048
 _PR_SET_CHILD_SUBREAPER = 36
 
@@ -59,34 +60,6 @@ def _killpg(pgid: int, sig: int = signal.SIGKILL) -> None:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-class LineReader:
-    """Splits a non-blocking byte stream into bounded lines."""
-
-    def __init__(self) -> None:
-        self.buf = b""
-        self.overlong = 0
-        self._dropping = False
-
-    def feed(self, data: bytes) -> list[bytes]:
-        self.buf += data
-        lines = []
-        while True:
-            nl = self.buf.find(b"\n")
-            if nl < 0:
-                if len(self.buf) > MAX_LINE:
-                    if not self._dropping:
-                        self.overlong += 1
-                    self._dropping, self.buf = True, b""
-                return lines
-            line, self.buf = self.buf[:nl], self.buf[nl + 1 :]
-            if self._dropping or len(line) > MAX_LINE:
-                if not self._dropping:
-                    self.overlong += 1
-                self._dropping = False
-                continue
-            lines.append(line)
 
 
 @dataclass
@@ -402,7 +375,6 @@ def peak_rss_of_self() -> int:
 
 __all__ = [
     "Exit",
-    "LineReader",
     "SpawnError",
     "WorkerProcess",
     "become_subreaper",
