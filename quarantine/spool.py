@@ -122,9 +122,9 @@ class SpoolQueue:
     def path(self, sub: str, name: str) -> str:
         return f"{self._dirs[sub]}/{name}"  # hot path: no os.path.join
 
-    def _report(self, name: str, why: str) -> None:
+    def _report(self, name: str, why: str, then: str = "left alone") -> None:
         if name not in self._reports:  # every listing meets it again: no line built then
-            self._reports.add(name, f"incoming/{describe_name(name)}: {why}; left alone")
+            self._reports.add(name, f"incoming/{describe_name(name)}: {why}; {then}")
 
     def _entries(self, skip: Callable[[str], bool], step: int = 0):
         """(mtime, name, size) of each waiting message; with *step*, also None after
@@ -147,7 +147,7 @@ class SpoolQueue:
                     self._report(name, f"is a {file_kind(st.st_mode)}, not a regular file")
                     continue
                 if st.st_size == 0:
-                    self._report(name, "is empty (passed to the scanner as it is)")
+                    self._report(name, "is empty", "passed to the scanner as it is")
                 yield (st.st_mtime, name, st.st_size)
 
     def pending(self, limit: int, skip: Callable[[str], bool]) -> list[MessageRef]:
