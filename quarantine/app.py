@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from quarantine import binding, orphans, pm
+from quarantine import binding, logs, orphans, pm
 from quarantine.config import Config
 from quarantine.errors import ConfigError
 from quarantine.store import Store
@@ -57,10 +56,13 @@ def build_supervisor(state_dir: str, config: Config, mode: str,
     return sup, store
 
 
-def setup_logging(level: str, rich_console=None) -> None:
-    """qsup's log lines to stderr ("qsup: LEVEL: message"), or through *rich_console*
-    (a rich Console, as under a live display)."""
+def setup_logging(level: str, rich_console=None, *, target: str = "stderr",
+                  socket_path: str | None = None) -> None:
+    """qsup's log lines to *target* (config key ``log``: stderr, syslog, journald;
+    see logs.py), or through *rich_console* (a rich Console, as under a live display)."""
     root = logging.getLogger("qsup")
+    for old in root.handlers:
+        old.close()
     root.handlers.clear()
     if rich_console is not None:
         from rich.logging import RichHandler
@@ -68,8 +70,7 @@ def setup_logging(level: str, rich_console=None) -> None:
         handler = RichHandler(console=rich_console, show_path=False, show_time=False)
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("qsup: %(levelname)s: %(message)s"))
+        handler = logs.handler_for(target, socket_path)
     root.addHandler(handler)
     root.setLevel(level.upper())
     root.propagate = False

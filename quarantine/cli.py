@@ -132,7 +132,7 @@ def drain(ctx: Ctx, as_json: bool, **kwargs):
     """
     overrides = _overrides(kwargs)
     config = ctx.config(overrides)
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, target=config.log, socket_path=config.log_socket)
     sup, store = build_supervisor(ctx.state, config, "drain")
     try:
         handle_signals(sup, reload_from=lambda: ctx.config(overrides))
@@ -155,7 +155,7 @@ def run(ctx: Ctx, **kwargs):
     """
     overrides = _overrides(kwargs)
     config = ctx.config(overrides)
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, target=config.log, socket_path=config.log_socket)
     sup, store = build_supervisor(ctx.state, config, "run")
     try:
         handle_signals(sup, reload_from=lambda: ctx.config(overrides))

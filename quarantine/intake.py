@@ -114,7 +114,8 @@ class Intake:
             ident = self.queue.identify(qid)
             if ident is None or (qid in known and known[qid] != ident[1]):
                 why = "vanished" if ident is None else "was replaced by a new message"
-                log.warning("%s %s while qsup held it; the old content is no longer in the queue", qid, why)
+                log.warning("%s %s while qsup held it; the old content is no longer in the queue", qid, why,
+                            extra={"qid": qid})
                 self.stats["vanished"] += 1
                 gone.append(qid)
                 continue

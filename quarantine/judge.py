@@ -83,7 +83,8 @@ class Judge:
                 again.append(cand)
                 self.stats["more_evidence"] += 1
                 self._said(logging.INFO, "%s: %d solo crash(es) are not beyond what the environment's "
-                           "crash rate (%.2g per scan) explains: it runs alone again", cand.qid, s, p)
+                           "crash rate (%.2g per scan) explains: it runs alone again", cand.qid, s, p,
+                           qid=cand.qid)
         if again:
             with self.ledger.within(w) as tx:
                 for cand in again:
@@ -98,5 +99,6 @@ class Judge:
         self.stats["quarantined"] += 1
         log.warning("quarantined %s (%s%s) after %d strike(s): from %s, subject %s", cand.qid,
                     record["why"], f", {record['signal']}" if record["signal"] else "",
-                    record["strikes"], record["sender"] or "?", record["subject"] or "?")
+                    record["strikes"], record["sender"] or "?", record["subject"] or "?",
+                    extra={"qid": cand.qid})
         self.events.quarantined(record=record)

@@ -70,7 +70,7 @@ def _make_renaming(store: Store, queue: Queue, key: str, group: list[Move], extr
             old, results[i] = group[i], None
             group[i] = queue.plan(old.qid, old.fp, old.dest, old.origin, old.source)
             log.warning("%s: %s/%s was taken meanwhile; moving it as %s instead", old.qid,
-                        old.dest, old.name, group[i].name)
+                        old.dest, old.name, group[i].name, extra={"qid": old.qid})
         with store.write() as w:
             record(w, key, group, extra)
     m = group[taken[0]]
@@ -86,7 +86,8 @@ def complete(w: Txn, key: str, moves: list[Move], results: list[str], now: float
     for move, result in zip(moves, results):
         mkey = message_key(move.qid, move.fp)
         if result == "gone":
-            log.warning("%s vanished from the queue before qsup could move it to %s", move.qid, move.dest)
+            log.warning("%s vanished from the queue before qsup could move it to %s", move.qid, move.dest,
+                        extra={"qid": move.qid})
             Journal.vanished(w, now, move)
             continue
         if move.dest == "outgoing":

@@ -59,7 +59,8 @@ def _unknown(queue: Queue, names: Iterable[str], known: set[str], keys: set[str]
         key = message_key(entry.qid, entry.fp)
         if key in keys:  # a second file of a message that has a record: say it, keep both
             log.warning("%s: quarantine file %s has no record of its own; it is the same message "
-                        "as the record %s, which names another file", entry.qid, name, key)
+                        "as the record %s, which names another file", entry.qid, name, key,
+                        extra={"qid": entry.qid})
             continue
         keys.add(key)
         found.append(entry)

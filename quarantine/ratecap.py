@@ -19,8 +19,9 @@ class RateCap:
         self.said = 0
         self.held_back = 0
 
-    def __call__(self, level: int, msg: str, *args) -> bool:
-        """Log one line if the cap allows; True if it was logged."""
+    def __call__(self, level: int, msg: str, *args, qid: str | None = None) -> bool:
+        """Log one line if the cap allows; True if it was logged. *qid*: the message
+        the line is about (a field of its own in the journal)."""
         now = self.clock()
         if now - self.started >= self.window:
             if self.held_back:
@@ -31,5 +32,5 @@ class RateCap:
             self.held_back += 1
             return False
         self.said += 1
-        self.log.log(level, msg, *args)
+        self.log.log(level, msg, *args, extra={"qid": qid} if qid else None)
         return True

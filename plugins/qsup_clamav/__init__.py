@@ -106,4 +106,4 @@ def qsup_verdict(qid: str, verdict: str, queue) -> None:
     kind, _, name = verdict.partition(" ")
     if kind == "infected":
         _infected(logging.WARNING, "%s is infected (%s): a verdict, not a crash; the %s queue "
-                  "hands it on like any scanned message", qid, name or "?", queue.name)
+                  "hands it on like any scanned message", qid, name or "?", queue.name, qid=qid)

@@ -124,7 +124,7 @@ class Postfix:
         cp = self._run("postqueue", "-i", qid)
         if cp.returncode != 0:
             log.warning("postqueue -i %s failed (%s); Postfix delivers it at its next queue run",
-                        qid, _one_line(cp.stderr))
+                        qid, _one_line(cp.stderr), extra={"qid": qid})
 
 
 def _check(qid: str) -> None:

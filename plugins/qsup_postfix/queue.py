@@ -282,7 +282,7 @@ class PostfixQueue:
         if age > self.lifetime / 2:
             log.warning("%s was on hold for %.1f days (queue lifetime %.1f days): if its first "
                         "delivery attempt fails it bounces instead of being retried", qid,
-                        age / 86400, self.lifetime / 86400)
+                        age / 86400, self.lifetime / 86400, extra={"qid": qid})
 
     def _to_quarantine(self, move: Move) -> str:
         claim = self.store.claim(move.name)
@@ -306,7 +306,7 @@ class PostfixQueue:
             # The claim stays with the copy, the only one left: qsup's record of it is
             # kept, and only a purge removes the three.
             log.warning("%s is no longer on hold in Postfix (deleted outside qsup?); its copy stays "
-                        "in %s", move.qid, self.store.path(name))
+                        "in %s", move.qid, self.store.path(name), extra={"qid": move.qid})
             return "gone"
         if claim is not None:
             self.store.drop_claim(name)  # from here on it is pending again

@@ -70,4 +70,5 @@ _spam = RateCap(log)
 def qsup_verdict(qid: str, verdict: str, queue) -> None:
     kind, _, score = verdict.partition(" ")
     if kind == "spam":
-        _spam(logging.INFO, "%s is spam (score %s): handed on by the %s queue", qid, score, queue.name)
+        _spam(logging.INFO, "%s is spam (score %s): handed on by the %s queue", qid, score, queue.name,
+              qid=qid)

@@ -20,7 +20,7 @@ import pytest
 
 pytestmark = pytest.mark.realsys
 
-INFECTED_LINE = re.compile(r"qsup: WARNING: (\S+) is infected \(Qsup\.Test\.Marker\.UNOFFICIAL\)")
+INFECTED_LINE = re.compile(r"qsup\[\d+\]: WARNING: (\S+) is infected \(Qsup\.Test\.Marker\.UNOFFICIAL\)")
 
 
 @pytest.fixture

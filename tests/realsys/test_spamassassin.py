@@ -14,7 +14,7 @@ import pytest
 
 pytestmark = pytest.mark.realsys
 
-SPAM_LINE = re.compile(r"qsup: INFO: (\S+) is spam \(score 10\.0/5\.0\)")
+SPAM_LINE = re.compile(r"qsup\[\d+\]: INFO: (\S+) is spam \(score 10\.0/5\.0\)")
 
 
 @pytest.fixture
