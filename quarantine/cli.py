@@ -21,6 +21,7 @@ from quarantine.config import (
     load,
 )
 from quarantine.errors import EXIT_OK, EXIT_STATE, ConfigError, NotFound, QsupError, StateError
+from quarantine.service import Service
 from quarantine.store import Store
 from quarantine.views import format_size, format_when, format_why, quarantine_table
 
@@ -158,10 +159,12 @@ def run(ctx: Ctx, **kwargs):
     setup_logging(config.log_level, target=config.log, socket_path=config.log_socket)
     sup, store = build_supervisor(ctx.state, config, "run")
     try:
-        handle_signals(sup, reload_from=lambda: ctx.config(overrides))
+        service = Service.start(sup, config, notify=True)  # systemd
+        handle_signals(sup, reload_from=service.reloading(lambda: ctx.config(overrides)))
         where = config.spool if config.queue == "spool" else f"the {config.queue} queue"
         log.info("watching %s with %d worker(s) (%s)", where, config.workers, config.source)
         code = sup.serve(follow=True)
+        service.finish(sup)
         _print_summary(sup.summary(), False)
     finally:
         store.close()

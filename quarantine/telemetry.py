@@ -26,6 +26,7 @@ class Telemetry:
         self.stats: Counter = Counter()
         self.started = clock()
         self._rates: deque[tuple[float, int]] = deque()  # (time, delivered)
+        self.last: dict = {}  # the latest snapshot() (systemd's STATUS= reads it)
 
     def delivered(self, count: int, now: float) -> None:
         self.stats["delivered"] += count
@@ -41,7 +42,7 @@ class Telemetry:
                  breaker: Breaker) -> dict:
         """What `qsup status` shows: workers, suspects, depth, breaker, throughput."""
         since_wall = self.wall() - (now - breaker.since) if breaker.is_open else None
-        return {
+        self.last = {
             "pid": os.getpid(), "mode": self.mode, "updated": self.wall(),
             "uptime": round(now - self.started, 1),
             "workers": [{"pid": r.proc.pid, "batch": r.batch_id, "lane": r.batch.lane.value,
@@ -53,6 +54,7 @@ class Telemetry:
             "throughput": self.throughput(now),
             "counters": dict(self.stats),
         }
+        return self.last
 
     def summary(self, breaker: Breaker) -> dict:
         """What `drain` prints when it is done."""
