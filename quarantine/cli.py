@@ -136,8 +136,10 @@ def drain(ctx: Ctx, as_json: bool, **kwargs):
     setup_logging(config.log_level, target=config.log, socket_path=config.log_socket)
     sup, store = build_supervisor(ctx.state, config, "drain")
     try:
+        service = Service.start(sup, config, notify=False)  # metrics, served until exit
         handle_signals(sup, reload_from=lambda: ctx.config(overrides))
         code = sup.serve(follow=False)
+        service.finish(sup)
         _print_summary(sup.summary(), as_json)
     finally:
         store.close()
@@ -159,7 +161,7 @@ def run(ctx: Ctx, **kwargs):
     setup_logging(config.log_level, target=config.log, socket_path=config.log_socket)
     sup, store = build_supervisor(ctx.state, config, "run")
     try:
-        service = Service.start(sup, config, notify=True)  # systemd
+        service = Service.start(sup, config, notify=True)  # systemd, metrics
         handle_signals(sup, reload_from=service.reloading(lambda: ctx.config(overrides)))
         where = config.spool if config.queue == "spool" else f"the {config.queue} queue"
         log.info("watching %s with %d worker(s) (%s)", where, config.workers, config.source)

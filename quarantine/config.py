@@ -124,13 +124,16 @@ class Config:
     notify_auth_file: str | None = _key(None, "File with the SMTP AUTH user and password (two "
                                         "lines); else $QSUP_NOTIFY_USER/$QSUP_NOTIFY_PASSWORD. "
                                         "Never on the command line.", optional=True)
-    # -- operating it (CONTRACT §8); read at start, not on reload
+    # -- operating it (CONTRACT §8): logs, metrics; read at start, not on reload
     log: str = _key("stderr", "Where log lines go: 'stderr' (with a timestamp), 'syslog' (the "
                     "local syslog socket, facility mail) or 'journald' (the journal's native "
                     "socket, with structured fields).", choices=("stderr", "syslog", "journald"))
     log_socket: str | None = _key(None, "Socket of log = syslog or journald. Default: /dev/log "
                                   "for syslog, /run/systemd/journal/socket for journald.",
                                   optional=True)
+    metrics_listen: str | None = _key(None, "HOST:PORT to serve Prometheus metrics on at "
+                                      "/metrics (e.g. 127.0.0.1:9640). Default: no metrics.",
+                                      optional=True)
     plugin: dict = field(default_factory=dict)  # [plugin.NAME] tables: NAME -> {key: value}
     source: str = "built-in defaults"
     # the keys the file or a flag set ("plugin.NAME" for a plugin's options): what

@@ -131,13 +131,15 @@ class Environment:
 
     def canary_ended(self, started: float, ending: Ending, detail: dict, now: float,
                      run: str = "") -> Proof:
-        if ending is Ending.STOPPED:
-            return NOTHING  # a planned kill (stop, reload) says nothing about the environment
-        if self.breaker.is_open and started < self.breaker.since:
-            return NOTHING  # began before the breaker opened: it proves nothing about why
+        if ending is Ending.STOPPED or (self.breaker.is_open and started < self.breaker.since):
+            # a planned kill (stop, reload) says nothing about the environment; one that
+            # began before the breaker opened proves nothing about why it opened
+            self.stats["canary_inconclusive"] += 1
+            return NOTHING
         if ending is not Ending.OK:
             self.rate.add(now, crashes=1)
             return self.canary_failed(f"{ending.value}{detail_text(detail)}", now)
+        self.stats["canary_passes"] += 1
         self.rate.add(now, scans=1)
         self.last_pass = started
         self.passed_by = {"by": "canary", "run": run, "pid": detail.get("pid"), "started": started}

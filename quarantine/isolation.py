@@ -75,6 +75,7 @@ class Isolation:
         crashed = outcome.ending in CRASHES
         if crashed:
             self.stats["crashes"] += 1
+            self.stats[f"crash_{outcome.ending.value}"] += 1  # by kind, for the metrics
             log.info("batch %s (%d message(s), %s lane) crashed: %s%s", e.batch_id, len(batch.ids),
                      batch.lane.value, outcome.ending.value, detail_text(e.detail))
         unexplained = None

@@ -13,6 +13,7 @@ import math
 import os
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -90,9 +91,10 @@ class Done:
 
     lines: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    released: int = 0  # messages put back or handed on (the metrics count them)
 
     def to_json(self) -> dict:
-        return {"lines": self.lines, "problems": self.problems}
+        return {"lines": self.lines, "problems": self.problems, "released": self.released}
 
 
 def _present(queue: Queue) -> Callable[[str], bool]:
@@ -132,6 +134,7 @@ def release(store: Store, queue: Queue, ids: list[str], everything: bool, no_sca
         where = (f"delivered without a scan{named} (--no-scan)" if no_scan
                  else f"back in the queue{named} to be scanned again")
         done.lines.append(f"qsup: released {rec['qid']}: {where}")
+        done.released += 1
     return done
 
 
@@ -214,8 +217,9 @@ def _await_answer(state: str, base: str, holder: int | None, timeout: float) -> 
     return result
 
 
-def serve_requests(state: str, store: Store, queue: Queue) -> int:
-    """Run the requests waiting in STATE/requests (called by the daemon's loop)."""
+def serve_requests(state: str, store: Store, queue: Queue, stats: Counter | None = None) -> int:
+    """Run the requests waiting in STATE/requests (called by the daemon's loop);
+    *stats* counts the messages released."""
     folder = requests_dir(state)
     try:
         names = sorted(n for n in os.listdir(folder) if n.endswith(".req"))
@@ -230,6 +234,8 @@ def serve_requests(state: str, store: Store, queue: Queue) -> int:
             continue  # withdrawn by its client
         served += 1
         result = _serve(f"{base}.work", store, queue)
+        if stats is not None:
+            stats["released"] += result.get("released", 0)
         with open(f"{base}.tmp", "w") as fh:
             json.dump(result, fh)
         os.rename(f"{base}.tmp", f"{base}.ans")

@@ -1,5 +1,5 @@
 """What qsup tells the world while it serves (CONTRACT §8): the service manager
-(systemd's READY/STATUS/WATCHDOG/RELOADING/STOPPING).
+(systemd's READY/STATUS/WATCHDOG/RELOADING/STOPPING) and the metrics server.
 
 Everything here runs from the loop's tick (``Supervisor.on_tick``), once a pass:
 the watchdog is pinged by the loop itself, so a loop that is stuck stops pinging
@@ -14,20 +14,23 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from quarantine.config import Config
+from quarantine.errors import StateError
 from quarantine.sdnotify import Notifier
 from quarantine.ticks import Every
 
 if TYPE_CHECKING:
+    from quarantine.metrics import Collector, MetricsServer, QuarantineCount
     from quarantine.supervisor import Supervisor
 
 log = logging.getLogger("qsup")
 LONGEST_WAIT = 0.25  # seconds the loop may sleep between passes (Supervisor.wait)
-STATUS_EVERY = 1.0  # seconds: STATUS= lines at most this often
+STATUS_EVERY = 1.0  # seconds: STATUS= lines and the quarantine count, at most this often
 
 
 class Service:
-    def __init__(self, notifier: Notifier):
-        self.notifier = notifier
+    def __init__(self, notifier: Notifier, collector: Collector | None = None,
+                 server: MetricsServer | None = None, count: QuarantineCount | None = None):
+        self.notifier, self.collector, self.server, self.count = notifier, collector, server, count
         interval = notifier.watchdog_interval
         # ping early by the loop's longest sleep, so no gap exceeds half the timeout
         self._watchdog = Every(max(interval - LONGEST_WAIT, interval / 2)) if interval else None
@@ -38,10 +41,18 @@ class Service:
 
     @classmethod
     def start(cls, sup: Supervisor, config: Config, *, notify: bool) -> Service:
-        """Speak to the service manager if *notify* (and one started qsup), from
-        *sup*'s loop."""
+        """Serve metrics if configured, speak to the service manager if *notify* (and
+        one started qsup), from *sup*'s loop."""
         notifier = Notifier.from_environ() if notify else Notifier(None)
-        service = cls(notifier)
+        collector = server = count = None
+        if config.metrics_listen:
+            from quarantine.metrics import Collector, MetricsServer, QuarantineCount
+
+            collector, count = Collector(sup.telemetry), QuarantineCount()
+            server = MetricsServer(config.metrics_listen, collector)
+            host, port = server.address
+            log.info("serving metrics at http://%s:%d/metrics", f"[{host}]" if ":" in host else host, port)
+        service = cls(notifier, collector, server, count)
         sup.on_tick = service.tick
         return service
 
@@ -58,6 +69,7 @@ class Service:
         if self._watchdog and self._watchdog.due(now):
             lines.append("WATCHDOG=1")
         if self._status.due(now):
+            self._publish(sup, now)
             status = status_line(sup.telemetry.last, bool(sup.stop))
             if status != self._said:
                 self._said = status
@@ -76,13 +88,25 @@ class Service:
         return announced
 
     def finish(self, sup: Supervisor) -> None:
-        """The loop is over: STOPPING=1."""
+        """The loop is over: the final values for the metrics, STOPPING=1."""
+        self._publish(sup, sup.clock(), force=True)
         if not self._stopping:
             self._stopping = True
             self.notifier.send("STOPPING=1", "STATUS=stopped")
 
     def close(self) -> None:
+        """Stop serving metrics (a process that exits need not call it)."""
+        if self.server is not None:
+            self.server.close()
         self.notifier.close()
+
+    def _publish(self, sup: Supervisor, now: float, force: bool = False) -> None:
+        if self.collector is None:
+            return
+        try:
+            self.collector.quarantine = self.count.refresh(sup.store, now, force)
+        except StateError:
+            pass  # the loop says why; the count stays as last seen
 
 
 def status_line(snap: dict, stopping: bool = False) -> str:

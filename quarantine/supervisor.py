@@ -200,7 +200,7 @@ class Supervisor:
             for qid in decision.deliver:
                 self.isolation.release(qid)
                 self.queue.scan_done(qid)
-            self.telemetry.delivered(len(decision.deliver) - len(gone.intersection(decision.deliver)), now)
+            self.telemetry.ended(e, len(decision.deliver) - len(gone.intersection(decision.deliver)), now)
             if e.outcome.ending is Ending.OK:
                 self.env.healthy(e.fresh_start, e.batch_id, e.detail.get("pid"))
 
@@ -269,7 +269,7 @@ class Supervisor:
     def _housekeeping(self, now: float) -> None:
         if self._status.due(now):
             self.ledger.put_status(self.snapshot(now))
-        if self._requests.due(now) and ops.serve_requests(self.state_dir, self.store, self.queue):
+        if self._requests.due(now) and ops.serve_requests(self.state_dir, self.store, self.queue, self.stats):
             self.intake.relist()  # released messages are in the queue now
         if self._prune.due(now):
             self.ledger.prune(self.config.done_retention_hours)

@@ -135,7 +135,8 @@ def test_the_watchdog_stops_while_the_loop_is_stuck_and_resumes_after(qsup, make
     with DatagramSink("notify") as sink:
         note = Notified(sink)
         env.update(NOTIFY_SOCKET=sink.path, WATCHDOG_USEC="1000000", STUCK_FLAG=str(flag))
-        run = start_run(qsup, "--worker", DEMO, env=env, log=tmp_path / "err")
+        # metrics on: the server's thread lives on while the loop is stuck, and must not ping
+        run = start_run(qsup, "--worker", DEMO, "--metrics-listen", "127.0.0.1:0", env=env, log=tmp_path / "err")
         try:
             ready = note.wait("READY", "1")
             wait_for(lambda: not os.listdir(qsup.spool / "incoming"), 20, "the first messages delivered")
