@@ -19,6 +19,9 @@ import pytest
 from conftest import DEMO, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
+from quarantine.metrics import parse_listen
+from quarantine.telemetry import Histogram
+
 pytestmark = pytest.mark.timeout(180)
 ALERTS = Path(__file__).parent.parent / "examples" / "prometheus"
 POISON = {40: "segv", 150: "segv", 260: "abort"}
@@ -200,3 +203,13 @@ def test_the_example_alerts_pass_promtool_check_and_their_unit_tests():
     tests = subprocess.run([check, "test", "rules", "alerts_test.yml"], cwd=ALERTS, capture_output=True,
                            text=True, timeout=60)
     assert tests.returncode == 0 and "SUCCESS" in tests.stdout, tests.stdout + tests.stderr
+
+
+def test_listen_addresses_and_histogram_buckets():
+    assert parse_listen("127.0.0.1:9640") == ("127.0.0.1", 9640)
+    assert parse_listen("[::1]:9640") == ("::1", 9640)
+    assert parse_listen(":9640") == ("0.0.0.0", 9640)  # every address, as exporters write it
+    hist = Histogram((0.5, 1.0))
+    for value in (0.5, 0.7, 1.0, 3.0):
+        hist.observe(value)
+    assert hist.state == ((1, 2, 1), 5.2)  # "le": 0.5 is in the first bucket, 1.0 in the second

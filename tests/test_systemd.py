@@ -5,6 +5,7 @@ the shipped unit passes `systemd-analyze verify`."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -18,6 +19,7 @@ from conftest import DEMO, plugin_dist, wait_for
 from sockets import DatagramSink
 
 from quarantine.demo import make_message
+from quarantine.sdnotify import Notifier
 
 pytestmark = pytest.mark.timeout(120)
 UNIT = Path(__file__).parent.parent / "examples" / "systemd" / "qsup.service"
@@ -71,7 +73,8 @@ def test_run_says_ready_pings_the_watchdog_reports_status_reloads_and_stops(qsup
             time.sleep(4.5)
             pings = note.times("WATCHDOG", "1", since=ready)
             gaps = [b - a for a, b in zip(pings, pings[1:])]
-            assert len(pings) >= 4 and max(gaps) <= 1.1, gaps  # at half of 2 s, from the loop
+            # at half of 2 s (plus what a busy machine adds to a pass), from the loop
+            assert len(pings) >= 4 and max(gaps) <= 1.25, gaps
             statuses = [(t, m["STATUS"]) for t, m in note.all() if "STATUS" in m]
             assert statuses and all(b - a >= 0.9 for (a, _), (b, _) in zip(statuses, statuses[1:]))
             assert "in flight" in statuses[-1][1] and "breaker closed" in statuses[-1][1]
@@ -176,3 +179,23 @@ def test_the_shipped_unit_passes_systemd_analyze_verify(tmp_path):
     # --man=no: the man page is installed by a package, not by pip install -e
     proc = subprocess.run([analyze, "verify", "--man=no", str(unit)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout + proc.stderr == "", proc.stdout + proc.stderr
+
+
+def test_the_service_managers_variables_leave_the_environment_and_a_foreign_watchdog_is_ignored():
+    env = {"NOTIFY_SOCKET": "/nonexistent/notify", "WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1", "PATH": "/bin"}
+    foreign = Notifier.from_environ(env)
+    assert env == {"PATH": "/bin"}  # workers inherit none of them
+    assert foreign.enabled and foreign.watchdog_interval is None  # pid 1's watchdog, not ours
+    mine = Notifier.from_environ({"NOTIFY_SOCKET": "@qsup", "WATCHDOG_USEC": "30000000",
+                                  "WATCHDOG_PID": str(os.getpid())})
+    assert mine.watchdog_interval == 15.0
+    said: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = said.append
+    logging.getLogger("qsup").addHandler(handler)
+    try:
+        assert not foreign.send("READY=1") and not foreign.send("WATCHDOG=1")
+    finally:
+        logging.getLogger("qsup").removeHandler(handler)
+    assert len([r for r in said if "cannot notify" in r.getMessage()]) == 1  # said once
+    assert Notifier.from_environ({}).send("READY=1") is False  # no service manager: nothing to do
