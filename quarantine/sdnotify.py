@@ -17,7 +17,7 @@ from collections.abc import MutableMapping
 log = logging.getLogger("qsup")
 
 
-class Notifier:
+class SdNotifier:
     """Sends state lines to the service manager; does nothing without one."""
 
     def __init__(self, address: str | None, watchdog_usec: int = 0):
@@ -27,7 +27,7 @@ class Notifier:
         self._failed = False
 
     @classmethod
-    def from_environ(cls, environ: MutableMapping[str, str] = os.environ) -> Notifier:
+    def from_environ(cls, environ: MutableMapping[str, str] = os.environ) -> SdNotifier:
         address = environ.pop("NOTIFY_SOCKET", None)
         usec, pid = environ.pop("WATCHDOG_USEC", ""), environ.pop("WATCHDOG_PID", "")
         watchdog = int(usec) if usec.isdigit() else 0

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from quarantine.config import Config
 from quarantine.errors import StateError
-from quarantine.sdnotify import Notifier
+from quarantine.sdnotify import SdNotifier
 from quarantine.ticks import Every
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ STATUS_EVERY = 1.0  # seconds: STATUS= lines and the quarantine count, at most t
 
 
 class Service:
-    def __init__(self, notifier: Notifier, collector: Collector | None = None,
+    def __init__(self, notifier: SdNotifier, collector: Collector | None = None,
                  server: MetricsServer | None = None, count: QuarantineCount | None = None):
         self.notifier, self.collector, self.server, self.count = notifier, collector, server, count
         interval = notifier.watchdog_interval
@@ -43,7 +43,7 @@ class Service:
     def start(cls, sup: Supervisor, config: Config, *, notify: bool) -> Service:
         """Serve metrics if configured, speak to the service manager if *notify* (and
         one started qsup), from *sup*'s loop."""
-        notifier = Notifier.from_environ() if notify else Notifier(None)
+        notifier = SdNotifier.from_environ() if notify else SdNotifier(None)
         collector = server = count = None
         if config.metrics_listen:
             from quarantine.metrics import Collector, MetricsServer, QuarantineCount

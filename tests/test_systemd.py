@@ -19,7 +19,7 @@ from conftest import DEMO, plugin_dist, wait_for
 from sockets import DatagramSink
 
 from quarantine.demo import make_message
-from quarantine.sdnotify import Notifier
+from quarantine.sdnotify import SdNotifier
 
 pytestmark = pytest.mark.timeout(120)
 UNIT = Path(__file__).parent.parent / "examples" / "systemd" / "qsup.service"
@@ -183,10 +183,10 @@ def test_the_shipped_unit_passes_systemd_analyze_verify(tmp_path):
 
 def test_the_service_managers_variables_leave_the_environment_and_a_foreign_watchdog_is_ignored():
     env = {"NOTIFY_SOCKET": "/nonexistent/notify", "WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1", "PATH": "/bin"}
-    foreign = Notifier.from_environ(env)
+    foreign = SdNotifier.from_environ(env)
     assert env == {"PATH": "/bin"}  # workers inherit none of them
     assert foreign.enabled and foreign.watchdog_interval is None  # pid 1's watchdog, not ours
-    mine = Notifier.from_environ({"NOTIFY_SOCKET": "@qsup", "WATCHDOG_USEC": "30000000",
+    mine = SdNotifier.from_environ({"NOTIFY_SOCKET": "@qsup", "WATCHDOG_USEC": "30000000",
                                   "WATCHDOG_PID": str(os.getpid())})
     assert mine.watchdog_interval == 15.0
     said: list[logging.LogRecord] = []
@@ -198,4 +198,4 @@ def test_the_service_managers_variables_leave_the_environment_and_a_foreign_watc
     finally:
         logging.getLogger("qsup").removeHandler(handler)
     assert len([r for r in said if "cannot notify" in r.getMessage()]) == 1  # said once
-    assert Notifier.from_environ({}).send("READY=1") is False  # no service manager: nothing to do
+    assert SdNotifier.from_environ({}).send("READY=1") is False  # no service manager: nothing to do
