@@ -30,6 +30,7 @@ class WorkerPool(Protocol):
     def spawn(self, batch_id: str, paths: list[str], now: float) -> WorkerProcess: ...
 
 
+SOLO_FROM = 8  # persistent: a crashed group this small is split into singles
 ARG_SLACK = 16_384  # bytes of ARG_MAX left unused: the kernel's own accounting differs a little
 
 
@@ -94,8 +95,8 @@ class OneShot:
 
 class Persistent:
     """Long-lived workers reused across batches, with spares started ahead so a
-    crash or a canary does not wait for a start-up. A crash costs a new worker while
-    another batch costs little: a blind crash sends every suspect alone (1 + K)."""
+    crash or a canary does not wait for a start-up (see :meth:`split` for what a
+    blind crash costs)."""
 
     persistent = True
 
@@ -118,7 +119,12 @@ class Persistent:
         return {"QSUP_PERSISTENT": "1"}
 
     def split(self, batch: Batch) -> int:
-        return len(batch.ids)
+        """A crash costs a new worker, and a suspect alone needs a fresh one (contract
+        §5.7), while a group runs on a warm worker for little: a blind crash splits
+        into about √n groups, and a group of at most SOLO_FROM into singles (at most
+        1 + 1 + K crashes per poison message, and a few fresh workers, not n)."""
+        n = len(batch.ids)
+        return n if n <= SOLO_FROM else math.isqrt(n - 1) + 1
 
     def acquire(self, pool: WorkerPool, batch_id: str, paths: list[str], now: float,
                 fresh: bool) -> WorkerProcess:
