@@ -11,15 +11,9 @@ import click
 
 from quarantine import binding, ops, pm
 from quarantine.app import build_supervisor, handle_signals, setup_logging
-from quarantine.config import (
-    BY_NAME,
-    FIELDS,
-    Config,
-    default_state_dir,
-    find_config,
-    load,
-)
 from quarantine.errors import EXIT_OK, EXIT_STATE, ConfigError, NotFound, QsupError, StateError
+from quarantine.options import Ctx, Group, config_options, global_params, queue_options, wait_option
+from quarantine.options import overrides as _overrides
 from quarantine.store import Store
 from quarantine.views import format_size, format_when, format_why, quarantine_table
 
@@ -34,67 +28,15 @@ Exit codes:
 
 \b
 Configuration: --config FILE, else ./qsup.toml, else /etc/qsup/qsup.toml, else
-built-in defaults. Every key can be given as a flag; flags beat the file.
-State: --state DIR, else $QSUP_STATE, else /var/lib/qsup (root) or ./.qsup.
+built-in defaults. Every key is also a flag named like it (max_rss_mb:
+--max-rss-mb); flags beat the file. State: --state DIR, else $QSUP_STATE, else
+/var/lib/qsup (root) or ./.qsup. --config and --state go before or after the
+command. Reference: docs/reference.md and qsup(8).
 """
 
 
-class Ctx:
-    def __init__(self, config_path: str | None, state: str | None):
-        self.config_path = find_config(config_path)
-        self.state = state or default_state_dir()
-
-    def config(self, overrides: dict | None = None) -> Config:
-        return load(self.config_path, overrides or {})
-
-
-def _flag(field) -> str:
-    return "--" + (field.flag or field.name.replace("_", "-"))
-
-
-def config_options(func):
-    """A flag for every config key (flags beat the file)."""
-    func = click.option("--plugin-option", "plugin_option", multiple=True, metavar="NAME.KEY=VALUE",
-                        help="An option of a plugin, as in a [plugin.NAME] table (repeatable).")(func)
-    for field in reversed(FIELDS):
-        kind = {int: int, float: float, str: str}[field.type]
-        if field.choices:
-            kind = click.Choice(field.choices)
-        func = click.option(_flag(field), field.name, type=kind, default=None,
-                            help=field.help, show_default=False)(func)
-    return func
-
-
-def queue_options(func):
-    """The flags that name a queue, for the commands that only read (list, show): a
-    state directory belongs to one queue, and refuses another (binding.py)."""
-    func = click.option("--plugin-option", "plugin_option", multiple=True, metavar="NAME.KEY=VALUE",
-                        help="An option of the queue's plugin (repeatable), for the same check.")(func)
-    func = click.option("--queue", "queue", default=None, metavar="KIND",
-                        help="Queue kind, for the same check.")(func)
-    return click.option("--spool", "spool", default=None, metavar="DIR",
-                        help="Refuse (exit 2) unless the state directory belongs to this spool. "
-                             "Default: no check; the state's own queue.")(func)
-
-
-def wait_option(func):
-    return click.option("--wait", type=click.FloatRange(min=0.1), default=ops.WAIT, show_default=True,
-                        metavar="SECONDS",
-                        help="How long the running qsup may take to pick the request up; "
-                             "after that it is withdrawn and nothing is done.")(func)
-
-
-def _overrides(kwargs: dict) -> dict:
-    out = {k: kwargs.pop(k) for k in list(kwargs) if k in BY_NAME}
-    out["plugin_option"] = kwargs.pop("plugin_option", ())
-    return out
-
-
-@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-              help="TOML configuration file.")
-@click.option("--state", type=click.Path(file_okay=False), default=None,
-              help="LMDB state directory (env QSUP_STATE).")
+@click.group(cls=Group, epilog=EPILOG, params=global_params(expose=True),
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="qsup", prog_name="qsup")
 @click.pass_context
 def cli(ctx, config_path, state):
@@ -104,7 +46,7 @@ def cli(ctx, config_path, state):
     that crashed a worker by bisecting its batch, quarantines repeat offenders
     and delivers everything else. Start with `qsup demo`.
     """
-    ctx.obj = Ctx(config_path, state or os.environ.get("QSUP_STATE"))
+    ctx.obj = Ctx(config_path, state)
 
 
 # --------------------------------------------------------------------- running

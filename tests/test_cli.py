@@ -200,7 +200,7 @@ def test_every_config_key_is_a_flag_and_a_config_attribute(tmp_path):
     assert {f.type for f in FIELDS} == {str, int, float}
     help_text = CliRunner().invoke(cli, ["drain", "--help"], terminal_width=200).output
     for f in FIELDS:
-        assert "--" + (f.flag or f.name.replace("_", "-")) in help_text
+        assert f.flag in help_text and f.flag == "--" + f.name.replace("_", "-")
     path = tmp_path / "qsup.toml"
     path.write_text('workers = 3\ntimeout = 2\n[plugin.x]\nk = "v"\n')
     config = load(str(path), {"batch_size": 7})
