@@ -9,13 +9,13 @@ import sys
 
 import click
 
-from quarantine import binding, ops, pm
+from quarantine import binding, ops, pm, timespec, views
 from quarantine.app import build_supervisor, handle_signals, setup_logging
 from quarantine.errors import EXIT_OK, EXIT_STATE, ConfigError, NotFound, QsupError, StateError
-from quarantine.options import Ctx, Group, config_options, global_params, queue_options, wait_option
+from quarantine.options import TIME, Ctx, Group, config_options, global_params, queue_options, wait_option
 from quarantine.options import overrides as _overrides
 from quarantine.store import Store
-from quarantine.views import format_size, format_when, format_why, quarantine_table
+from quarantine.views import format_size, format_when, format_why
 
 log = logging.getLogger("qsup")
 
@@ -127,25 +127,45 @@ def _open_read(ctx: Ctx, overrides: dict | None = None) -> Store:
 
 
 @cli.command("list", epilog=EPILOG)
+@click.option("--kind", type=click.Choice(views.KINDS + ("all",)), default="all", show_default=True,
+              help="Only this kind of quarantine: poison (crashed the scanner), infected, spam, "
+                   "orphan (a file no record names).")
+@click.option("--since", type=TIME, default=None, metavar="TIME",
+              help=f"Only those quarantined since TIME: {timespec.HELP}.")
+@click.option("--limit", type=click.IntRange(min=0), default=None, metavar="N",
+              show_default=f"{views.LIST_LIMIT}; with --json, all",
+              help="Show the newest N (0: all); a last line says how many more there are.")
+@click.option("--offset", type=click.IntRange(min=0), default=0, metavar="N",
+              help="Skip the newest N first: the next page.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @queue_options
 @click.pass_obj
-def list_(ctx: Ctx, as_json: bool, **kwargs):
+def list_(ctx: Ctx, kind: str, since: float | None, limit: int | None, offset: int, as_json: bool, **kwargs):
     """The quarantine, newest first: ID, when, why, strikes, size, sender, subject."""
     store = _open_read(ctx, _overrides(kwargs))
     try:
         rows = ops.records(store)
     finally:
         store.close()
+    matching = views.select(rows, kind, since)
+    if limit is None:
+        limit = 0 if as_json else views.LIST_LIMIT
+    page = matching[offset:offset + limit] if limit else matching[offset:]
     if as_json:
-        click.echo(json.dumps(rows, indent=2, sort_keys=True))
+        click.echo(json.dumps(page, indent=2, sort_keys=True))
         return
     if not rows:
         click.echo("The quarantine is empty.")
         return
-    from rich.console import Console
-
-    Console().print(quarantine_table(rows))
+    if not matching:
+        click.echo(f"Nothing matches ({views.filters_text(kind, since)}); the quarantine holds "
+                   f"{len(rows)} message(s) in all.")
+        return
+    out = views.console()
+    out.print(views.quarantine_table(page, views.list_title(len(page), len(matching), offset, kind, since)))
+    more = views.more_line(len(page), len(matching), offset)
+    if more:
+        out.print(more)
 
 
 @cli.command(epilog=EPILOG)
@@ -270,12 +290,7 @@ def purge(ctx: Ctx, ids, everything, yes, wait, **kwargs):
     _state_action(ctx, {"op": "purge", "ids": list(ids), "all": everything}, wait, **_overrides(kwargs))
 
 
-@cli.command(epilog=EPILOG)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.pass_obj
-def status(ctx: Ctx, as_json: bool):
-    """Workers, in-flight batches with age, suspects, queue depth, breaker state,
-    throughput, and what the last restart recovered."""
+def _status(ctx: Ctx) -> dict:
     store = _open_read(ctx)
     try:
         with store.read() as r:
@@ -286,34 +301,22 @@ def status(ctx: Ctx, as_json: bool):
     finally:
         store.close()
     holder = Store.holder(ctx.state)
-    out = {"running": bool(holder), "pid": holder, "quarantined": quarantined,
-           "inflight_records": inflight, "last": snap, "recovery": recovery}
+    return {"running": bool(holder), "pid": holder, "quarantined": quarantined,
+            "inflight_records": inflight, "last": snap, "recovery": recovery}
+
+
+@cli.command(epilog=EPILOG)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def status(ctx: Ctx, as_json: bool):
+    """Workers, in-flight batches with age, suspects, queue depth, breaker state,
+    throughput, and what the last restart recovered."""
+    out = _status(ctx)
     if as_json:
         click.echo(json.dumps(out, indent=2, sort_keys=True))
         return
-    click.echo(f"qsup: {'running, pid ' + str(holder) if holder else 'not running'}"
-               f" (status of {format_when(snap.get('updated'))})")
-    br = snap.get("breaker") or {}
-    line = f"breaker: {br.get('state', '?')}"
-    if br.get("state") == "open":
-        line += f" since {format_when(br.get('since_wall'))}: {br.get('reason')}"
-    click.echo(line)
-    click.echo(f"queue depth: {snap.get('queue_depth', '?')}, suspects: {snap.get('suspects', 0)}, "
-               f"awaiting canary: {snap.get('awaiting_canary', 0)}, quarantined: {quarantined}, "
-               f"throughput: {snap.get('throughput', 0)} msg/s")
-    workers = snap.get("workers") or []
-    click.echo(f"workers busy: {len(workers)}")
-    for w in workers:
-        click.echo(f"  pid {w['pid']}  batch {w['batch']}  {w['lane']} lane  {w['size']} message(s)  "
-                   f"age {w['age']}s")
-    counters = snap.get("counters") or {}
-    if counters:
-        click.echo("counters: " + ", ".join(f"{k} {v}" for k, v in sorted(counters.items())))
-    if recovery:
-        click.echo(f"last recovery at {format_when(recovery.get('at'))}: {recovery.get('why', '')}; "
-                   f"{recovery.get('messages', 0)} message(s) in {recovery.get('batches', 0)} batch(es), "
-                   f"{recovery.get('intents', 0)} interrupted move(s) finished, "
-                   f"{recovery.get('killed_workers', 0)} stale worker(s) killed")
+    for line in views.status_lines(out):
+        click.echo(line)
 
 
 @cli.command(epilog=EPILOG)

@@ -8,9 +8,11 @@ them too, and sets them on the group's :class:`Ctx` (the last one given wins).
 
 from __future__ import annotations
 
+import time
+
 import click
 
-from quarantine import ops
+from quarantine import ops, timespec
 from quarantine.config import BY_NAME, FIELDS, Config, default_state_dir, find_config, load
 
 CONFIG_DEFAULT = "./qsup.toml if present, else /etc/qsup/qsup.toml if present, else built-in defaults"
@@ -77,6 +79,23 @@ class Command(click.Command):
 
 class Group(click.Group):
     command_class = Command
+
+
+class TimeParam(click.ParamType):
+    """An ISO time or a duration back from now (``2h``): a wall-clock timestamp."""
+
+    name = "time"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float):
+            return value
+        try:
+            return timespec.parse(value, time.time())
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+TIME = TimeParam()
 
 
 def _kind(field):

@@ -93,3 +93,98 @@ def test_max_rss_mb_and_its_old_spelling_both_work(qsup, make_spool, flag):
 def test_a_bad_value_names_the_flag_of_the_key(qsup):
     proc = qsup("drain", "--max-rss-mb", "0")
     assert proc.returncode == 2 and "--max-rss-mb" in proc.stderr
+
+
+# ----------------------------------------------------------------- list
+def write_records(state, records: list[dict], status: dict | None = None) -> None:
+    """Quarantine records as qsup writes them (the fields `list` reads), in *state*."""
+    from quarantine.store import Store
+
+    store = Store(str(state))
+    try:
+        with store.write() as w:
+            for rec in records:
+                w.put("quarantine", f"{rec['qid']}:fp{rec['qid']}", rec)
+            if status is not None:
+                w.put("meta", "status", status)
+    finally:
+        store.close()
+
+
+def record(qid: str, when: float, **extra) -> dict:
+    return {"qid": qid, "when": when, "why": "signal", "signal": "SIGSEGV", "exit_code": None,
+            "strikes": 2, "size": 900, "sender": f"{qid.lower()}@example.org", "subject": f"About {qid}",
+            **extra}
+
+
+@pytest.fixture
+def mixed(qsup):
+    """One of each kind, an hour apart, newest first: P1 (poison, no kind), I1, S1, O1,
+    then 250 old poison records (days old)."""
+    import time
+
+    now = time.time()
+    recs = [record("P1", now - 60), record("I1", now - 3600 - 60, kind="infected", why="Eicar-Test"),
+            record("S1", now - 2 * 3600 - 60, kind="spam", why="spam 9.1/5"),
+            record("O1", now - 3 * 3600 - 60, kind="orphan", why="no record: state lost or reset")]
+    recs += [record(f"OLD{i:03d}", now - 3 * 86400 - i) for i in range(250)]
+    write_records(qsup.state, recs)
+    return recs
+
+
+def listed(qsup, *args: str) -> list[str]:
+    proc = qsup("list", "--json", *args)
+    assert proc.returncode == 0, proc.stderr
+    return [r["qid"] for r in json.loads(proc.stdout)]
+
+
+def test_list_kind_filters_and_a_record_without_kind_is_poison(qsup, mixed):
+    assert listed(qsup, "--kind", "infected") == ["I1"]
+    assert listed(qsup, "--kind", "spam") == ["S1"]
+    assert listed(qsup, "--kind", "orphan") == ["O1"]
+    poison = listed(qsup, "--kind", "poison")
+    assert poison[0] == "P1" and len(poison) == 251 and "I1" not in poison
+    assert len(listed(qsup, "--kind", "all")) == len(listed(qsup)) == 254
+    bad = qsup("list", "--kind", "virus")
+    assert bad.returncode == 2 and "virus" in bad.stderr
+
+
+@pytest.mark.parametrize("since,expected", [
+    ("30m", ["P1"]), ("2h", ["P1", "I1"]), ("1h30m", ["P1", "I1"]), ("1d", ["P1", "I1", "S1", "O1"])])
+def test_list_since_a_duration(qsup, mixed, since, expected):
+    assert listed(qsup, "--since", since) == expected
+
+
+def test_list_since_an_iso_time_and_a_bad_one(qsup, mixed):
+    from datetime import datetime, timedelta
+
+    cut = (datetime.now() - timedelta(minutes=90)).isoformat(timespec="seconds")
+    assert listed(qsup, "--since", cut) == ["P1", "I1"]
+    assert listed(qsup, "--since", cut, "--kind", "spam") == []
+    bad = qsup("list", "--since", "last tuesday")
+    assert bad.returncode == 2 and "last tuesday" in bad.stderr and "2h" in bad.stderr
+
+
+def test_list_pages_long_lists_and_says_how_many_more(qsup, mixed):
+    text = qsup("list").stdout
+    assert "P1" in text and "OLD095" in text and "OLD096" not in text  # the newest 100
+    assert "154 more not shown" in text and "--offset 100" in text
+    nxt = qsup("list", "--offset", "100", "--limit", "10").stdout
+    assert "OLD096" in nxt and "OLD105" in nxt and "OLD106" not in nxt and "144 more" in nxt
+    everything = qsup("list", "--limit", "0").stdout
+    assert "OLD249" in everything and "more not shown" not in everything
+    assert len(listed(qsup)) == 254  # --json: all, unless --limit is given
+    assert listed(qsup, "--limit", "2") == ["P1", "I1"]
+    assert listed(qsup, "--limit", "2", "--offset", "1") == ["I1", "S1"]
+    nothing = qsup("list", "--kind", "spam", "--since", "30m")
+    assert nothing.returncode == 0 and "Nothing matches (kind spam, since" in nothing.stdout
+    assert "254" in nothing.stdout
+
+
+def test_tables_are_not_cramped_without_a_terminal(qsup, mixed):
+    text = qsup("list", "--limit", "3").stdout  # stdout is a pipe here
+    widths = {len(line) for line in text.splitlines() if line.startswith(("┏", "│", "└"))}
+    assert widths and max(widths) > 80
+    assert any("p1@example.org" in line and "About P1" in line for line in text.splitlines())
+    narrow = qsup("list", "--limit", "3", env={"COLUMNS": "60"}).stdout
+    assert max(len(line) for line in narrow.splitlines()) <= 60
