@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+import time
 
 import click
 
@@ -305,12 +306,40 @@ def _status(ctx: Ctx) -> dict:
             "inflight_records": inflight, "last": snap, "recovery": recovery}
 
 
+def _watch(ctx: Ctx, interval: float) -> None:
+    """Redraw the status every *interval* seconds until Ctrl-C (exit 0). Without a
+    terminal, each refresh is printed after the last one."""
+    out = views.console()
+    try:
+        if not out.is_terminal:
+            while True:
+                out.print(views.status_view(_status(ctx), time.time()), "")
+                time.sleep(interval)
+        from rich.live import Live
+
+        with Live(views.status_view(_status(ctx), time.time()), console=out, auto_refresh=False) as live:
+            while True:
+                time.sleep(interval)
+                live.update(views.status_view(_status(ctx), time.time()), refresh=True)
+    except KeyboardInterrupt:
+        return
+
+
 @cli.command(epilog=EPILOG)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--watch", is_flag=True, help="A live view, redrawn from the status the running qsup "
+                                            "writes (about every second); Ctrl-C ends it.")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
+              metavar="SECONDS", help="How often --watch redraws.")
 @click.pass_obj
-def status(ctx: Ctx, as_json: bool):
+def status(ctx: Ctx, as_json: bool, watch: bool, interval: float):
     """Workers, in-flight batches with age, suspects, queue depth, breaker state,
     throughput, and what the last restart recovered."""
+    if watch and as_json:
+        raise click.UsageError("--watch is a view for people; without it, --json prints the status once")
+    if watch:
+        _watch(ctx, interval)
+        return
     out = _status(ctx)
     if as_json:
         click.echo(json.dumps(out, indent=2, sort_keys=True))

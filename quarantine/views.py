@@ -1,5 +1,5 @@
 """How qsup's state reads to a person: the quarantine of ``qsup list`` and ``qsup
-demo``, the status of ``qsup status``, and the times, sizes and
+demo``, the status of ``qsup status`` (and its live view), and the times, sizes and
 reasons ``qsup show`` prints. Selecting and formatting only: no state, no I/O
 (:func:`console` only decides how wide output is).
 """
@@ -127,3 +127,40 @@ def status_lines(out: dict) -> list[str]:
                      f"{recovery.get('intents', 0)} interrupted move(s) finished, "
                      f"{recovery.get('killed_workers', 0)} stale worker(s) killed")
     return lines
+
+
+def status_view(out: dict, now: float):
+    """The live view of ``qsup status --watch``, like the demo's: a rich renderable."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    snap, holder = out["last"], out["pid"]
+    counts = snap.get("counters") or {}
+    age = f", {now - snap['updated']:.0f}s ago" if snap.get("updated") else ""
+    head = Text.from_markup(f"[bold]qsup status[/]: {'running, pid ' + str(holder) if holder else 'not running'}"
+                            f" (as of {format_when(snap.get('updated'))}{age}; Ctrl-C ends this view)")
+    table = Table(show_header=False)
+    table.add_column(justify="right")
+    table.add_column()
+    br = snap.get("breaker") or {}
+    state = br.get("state", "?")
+    table.add_row("breaker", state if state in ("closed", "?") else
+                  f"[red]{state} since {format_when(br.get('since_wall'))}: {br.get('reason')}[/]")
+    workers = snap.get("workers") or []
+    table.add_row("queue depth", str(snap.get("queue_depth", "?")))
+    table.add_row("in flight", f"{sum(w['size'] for w in workers)} in {len(workers)} batch(es)")
+    table.add_row("suspects", f"{snap.get('suspects', 0)}, awaiting canary {snap.get('awaiting_canary', 0)}")
+    table.add_row("throughput", f"{snap.get('throughput', 0)} msg/s")
+    table.add_row("delivered", str(counts.get("delivered", 0)))
+    table.add_row("quarantined", f"[red]{out['quarantined']}[/]" if out["quarantined"] else "0")
+    table.add_row("worker crashes", str(counts.get("crashes", 0)))
+    parts = [head, table]
+    if workers:
+        busy = Table(title="workers busy", title_justify="left")
+        for col in ("pid", "batch", "lane", "messages", "age"):
+            busy.add_column(col, justify="right" if col in ("pid", "messages", "age") else "left")
+        for w in workers:
+            busy.add_row(str(w["pid"]), str(w["batch"]), str(w["lane"]), str(w["size"]), f"{w['age']}s")
+        parts.append(busy)
+    return Group(*parts)

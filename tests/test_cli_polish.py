@@ -188,3 +188,70 @@ def test_tables_are_not_cramped_without_a_terminal(qsup, mixed):
     assert any("p1@example.org" in line and "About P1" in line for line in text.splitlines())
     narrow = qsup("list", "--limit", "3", env={"COLUMNS": "60"}).stdout
     assert max(len(line) for line in narrow.splitlines()) <= 60
+
+
+# ------------------------------------------------------------ status --watch
+def snapshot(depth: int) -> dict:
+    import time
+
+    return {"pid": 1, "mode": "run", "updated": time.time(), "queue_depth": depth, "suspects": 1,
+            "awaiting_canary": 0, "throughput": 12.5, "workers": [
+                {"pid": 4321, "batch": "b-7", "lane": "normal", "size": 30, "age": 1.5}],
+            "breaker": {"state": "closed", "reason": ""}, "counters": {"delivered": 900, "crashes": 3}}
+
+
+def read_until(fd: int, needle: str, seen: list[str], timeout: float = 20.0) -> None:
+    import select
+    import time
+
+    deadline = time.monotonic() + timeout
+    while needle not in "".join(seen):
+        assert time.monotonic() < deadline, f"never saw {needle!r} in {''.join(seen)[-2000:]!r}"
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:  # a pty whose other side closed
+                chunk = b""
+            assert chunk, f"output ended before {needle!r}: {''.join(seen)[-2000:]!r}"
+            seen.append(chunk.decode("utf-8", "replace"))
+
+
+@pytest.mark.parametrize("terminal", [False, True], ids=["pipe", "pty"])
+def test_status_watch_redraws_from_the_snapshot_and_ctrl_c_exits_0(qsup, terminal):
+    import signal
+
+    write_records(qsup.state, [record("P1", 1.0)], status=snapshot(77))
+    argv = qsup.argv("status", "--watch", "--interval", "0.2")
+    if terminal:
+        import pty
+
+        master, slave = pty.openpty()
+        proc = subprocess.Popen(argv, stdout=slave, stderr=subprocess.PIPE, cwd=str(qsup.state.parent))
+        os.close(slave)
+        fd = master
+    else:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(qsup.state.parent))
+        fd = proc.stdout.fileno()
+    seen: list[str] = []
+    try:
+        read_until(fd, "77", seen)
+        text = "".join(seen)
+        for word in ("qsup status", "breaker", "closed", "queue depth", "4321", "b-7", "900"):
+            assert word in text, word
+        write_records(qsup.state, [], status=snapshot(4242))
+        read_until(fd, "4242", seen)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if terminal:
+            os.close(master)
+    assert b"Traceback" not in proc.stderr.read()
+
+
+def test_status_watch_and_json_do_not_go_together(qsup):
+    write_records(qsup.state, [], status=snapshot(1))
+    proc = qsup("status", "--watch", "--json")
+    assert proc.returncode == 2 and "--watch" in proc.stderr
