@@ -366,16 +366,20 @@ def plugins(as_json: bool):
 @cli.command(epilog=EPILOG)
 @click.option("--messages", default=300, show_default=True, type=click.IntRange(20, 100000),
               help="How many synthetic messages.")
-@click.option("--keep", type=click.Path(file_okay=False), default=None,
-              help="Build the demo spool and state here and keep them (else a temp dir).")
-@click.pass_obj
-def demo(ctx: Ctx, messages: int, keep: str | None):
+@click.option("--dir", "--keep", "where", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              show_default="a new qsup-demo-* directory in $TMPDIR",
+              help="Build the demo spool and state here (--keep: the older spelling).")
+@click.option("--clean", is_flag=True, help="Remove the demo's spool and state when it is done.")
+def demo(messages: int, where: str | None, clean: bool):
     """Build a throw-away spool with synthetic messages, some of which crash the
     bundled demo scanner for real (SIGSEGV, abort, memory blow-up, hang), drain it
-    with a live progress display and print the quarantine."""
+    with a live progress display and print the quarantine.
+
+    It needs no configuration (--config and --state are not used: the demo has its
+    own) and keeps its spool and state, printing the commands to look at them."""
     from quarantine.demo import run_demo
 
-    sys.exit(run_demo(messages, keep))
+    sys.exit(run_demo(messages, where, clean))
 
 
 def main() -> None:

@@ -255,3 +255,41 @@ def test_status_watch_and_json_do_not_go_together(qsup):
     write_records(qsup.state, [], status=snapshot(1))
     proc = qsup("status", "--watch", "--json")
     assert proc.returncode == 2 and "--watch" in proc.stderr
+
+
+# ---------------------------------------------------------------------- demo
+def test_the_demo_keeps_its_spool_and_state_and_says_how_to_look(tmp_path):
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    proc = run("demo", "--messages", "40", cwd=tmp_path, env={"TMPDIR": str(tmp)}, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    [base] = list(tmp.iterdir())
+    assert base.name.startswith("qsup-demo-")
+    state = base / "state"
+    lines = proc.stdout.splitlines()
+    assert any(f"Kept in {base}" in ln for ln in lines), proc.stdout
+    assert any(f"qsup --state {state} list" in ln for ln in lines)
+    [show] = [ln.split("#")[0].split() for ln in lines if f"qsup --state {state} show" in ln]
+    assert f"rm -r {base}" in proc.stdout
+    quarantined = sorted(os.listdir(base / "spool" / "quarantine"))
+    assert len(quarantined) == 10 and show[-1] in quarantined
+    # the printed commands work as printed
+    listed = run(*show[1:3], "list", "--json", cwd=tmp_path)
+    assert sorted(r["qid"] for r in json.loads(listed.stdout)) == quarantined
+    shown = run(*show[1:], cwd=tmp_path)
+    assert shown.returncode == 0 and show[-1] in shown.stdout and "attempts" in shown.stdout
+
+
+def test_the_demo_cleans_up_when_asked_and_refuses_a_used_directory(tmp_path):
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    proc = run("demo", "--messages", "20", "--clean", cwd=tmp_path, env={"TMPDIR": str(tmp)}, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert list(tmp.iterdir()) == [] and "Removed" in proc.stdout
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "something").write_text("x")
+    for flag in ("--dir", "--keep"):
+        refused = run("demo", flag, str(used), cwd=tmp_path)
+        assert refused.returncode == 2 and "not empty" in refused.stderr
+    assert os.listdir(used) == ["something"]
