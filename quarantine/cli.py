@@ -16,7 +16,7 @@ from quarantine.errors import EXIT_OK, EXIT_STATE, ConfigError, NotFound, QsupEr
 from quarantine.options import TIME, Ctx, Group, config_options, global_params, queue_options, wait_option
 from quarantine.options import overrides as _overrides
 from quarantine.store import Store
-from quarantine.views import format_size, format_when, format_why
+from quarantine.views import format_ending, format_path, format_size, format_when, format_why
 
 log = logging.getLogger("qsup")
 
@@ -195,7 +195,8 @@ def show(ctx: Ctx, qid: str, as_json: bool, **kwargs):
             click.echo(f"  strikes  {rec.get('strikes')}")
             click.echo(f"  size     {format_size(rec.get('size', 0))}")
             click.echo(f"  file     {rec.get('queue', '?')}: quarantine/{rec.get('name', qid)}")
-            click.echo(f"  path     bisection {' -> '.join(rec.get('path') or ['-'])}")
+            if format_path(rec.get("path")):
+                click.echo(f"  path     {format_path(rec.get('path'))}")
         for key, label in (("attempts_total", "attempts"), ("unexplained", "unexplained"),
                            ("deaths", "in flight when qsup died"), ("forgiven", "strikes forgiven")):
             if hist.get(key):
@@ -204,10 +205,10 @@ def show(ctx: Ctx, qid: str, as_json: bool, **kwargs):
         if attempts:
             click.echo(f"  attempts (last {len(attempts)}):")
         for a in attempts:
-            code = a.get("signal") or (f"exit {a['exit_code']}" if a.get("exit_code") is not None else "")
+            ending = format_ending(a.get("ending"), a.get("signal"), a.get("exit_code"))
             click.echo(f"    {format_when(a.get('when'))}  batch of {a.get('size')}  pid {a.get('pid', '-')}  "
-                       f"{a.get('ending')} {code}  peak RSS {format_size(a.get('peak_rss') or 0)}  "
-                       f"{a.get('duration', 0):.2f}s  path {'/'.join(a.get('path') or [])}"
+                       f"{ending}  peak RSS {format_size(a.get('peak_rss') or 0)}  "
+                       f"{a.get('duration', 0):.2f}s{'  path ' + '/'.join(a['path']) if a.get('path') else ''}"
                        f"{'  STRIKE' if a.get('strike') else ''}")
             tail = (a.get("stderr") or "").strip().splitlines()[-3:]
             for line in tail:

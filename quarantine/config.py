@@ -109,7 +109,9 @@ class Config:
     rlimit_as_mb: int | None = _key(None, "Optional hard ceiling: RLIMIT_AS for each worker, "
                                     "in MB.", minimum=1, optional=True, shown="no limit")
     rss_interval: float = _key(0.05, "Seconds between RSS samples of each worker.")
-    strikes: int = _key(2, "Solo crashes before a message is quarantined.", minimum=1)
+    strikes: int = _key(2, "Crashes blamed on a message before it is quarantined: a crash alone, "
+                        "or one its progress lines pin on it (begun, never done). The last one "
+                        "must happen alone in a fresh worker.", minimum=1)
     max_wait: float = _key(600.0, "Seconds drain waits with the breaker open before it gives "
                            "up (exit 3).")
     storm_limit: int = _key(10, "More distinct messages than this crashing alone within "

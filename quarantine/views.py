@@ -38,18 +38,45 @@ def format_size(n: int) -> str:
     return str(n)
 
 
+def format_ending(ending: str | None, signal: str | None = None, exit_code: int | None = None) -> str:
+    """How a worker run ended, said once: ``exit 3``, ``signal SIGSEGV``, ``killed
+    (SIGKILL)``, ``timeout``, ``memory``."""
+    ending = ending or "?"
+    if ending == "exit":
+        return f"exit {exit_code}" if exit_code is not None else "exit"
+    if ending == "signal" and signal:
+        return f"signal {signal}"
+    if signal:
+        return f"{ending} ({signal})"
+    if exit_code is not None:
+        return f"{ending} (exit {exit_code})"
+    return ending
+
+
 def format_why(rec: dict) -> str:
     """The crash kind, with its signal or exit code, and the peak of a memory kill."""
     why = rec.get("why", "?")
     if rec.get("kind") == "orphan":  # found in the quarantine without a record
         return f"orphan ({why})"
-    if rec.get("signal"):
-        why += f" ({rec['signal']})"
-    elif rec.get("exit_code") is not None:
-        why += f" (exit {rec['exit_code']})"
+    why = format_ending(why, rec.get("signal"), rec.get("exit_code"))
     if why.startswith("memory") and rec.get("peak_rss"):
         why += f" peak {format_size(rec['peak_rss'])}"
     return why
+
+
+def format_path(path: list[str] | tuple[str, ...] | None) -> str:
+    """How a message was isolated, from the batch sizes it went through: a real
+    bisection (``bisection 30 -> 15 -> 8 -> 4 -> 2 -> 1``), straight from a batch to
+    alone (progress lines named it, or every suspect ran alone), or alone from the
+    start. Empty when there is nothing to say."""
+    path = [str(p) for p in path or ()]
+    if not path:
+        return ""
+    if path == ["1"]:
+        return "alone from the start"
+    if len(path) == 2 and path[-1] == "1":
+        return f"from a batch of {path[0]} straight to alone (no bisection)"
+    return "bisection " + " -> ".join(path)
 
 
 # ---------------------------------------------------------------------- list

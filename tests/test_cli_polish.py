@@ -293,3 +293,26 @@ def test_the_demo_cleans_up_when_asked_and_refuses_a_used_directory(tmp_path):
         refused = run("demo", flag, str(used), cwd=tmp_path)
         assert refused.returncode == 2 and "not empty" in refused.stderr
     assert os.listdir(used) == ["something"]
+
+
+# ------------------------------------------------------------------ wording
+def test_show_says_each_ending_once_and_how_the_message_was_isolated(qsup, make_spool):
+    ids = make_spool(20, {5: "exit"})
+    assert qsup.drain("--worker", DEMO, "--batch-size", "20").returncode == 0
+    text = qsup("show", ids[5]).stdout
+    assert "exit exit" not in text and "exit 3" in text, text
+    assert "path     bisection" not in text and "from a batch of 20 straight to alone (no bisection)" in text, text
+    # strikes as README and the example config say: with progress lines the batch
+    # crash that names the message is its first strike, the crash alone the last
+    attempts = json.loads(qsup("show", ids[5], "--json").stdout)[0]["history"]["attempts"]
+    assert [(a["size"], a["strike"]) for a in attempts] == [(20, True), (1, True)]
+    listing = qsup("list").stdout
+    assert "exit 3" in listing and "exit (exit" not in listing
+
+
+def test_show_of_a_message_that_was_alone_from_the_start(qsup, make_spool):
+    ids = make_spool(4, {1: "segv"})
+    assert qsup.drain("--worker", DEMO, "--batch-size", "1").returncode == 0
+    text = qsup("show", ids[1]).stdout
+    assert "alone from the start" in text and "bisection" not in text, text
+    assert "signal SIGSEGV" in text and "path   STRIKE" not in text
