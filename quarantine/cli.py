@@ -13,7 +13,8 @@ import click
 from quarantine import binding, ops, pm, timespec, views
 from quarantine.app import build_supervisor, handle_signals, setup_logging
 from quarantine.errors import EXIT_OK, EXIT_STATE, ConfigError, NotFound, QsupError, StateError
-from quarantine.options import TIME, Ctx, Group, config_options, global_params, queue_options, wait_option
+from quarantine.options import (TIME, Ctx, Group, Option, config_options, global_params, queue_options,
+                                wait_option)
 from quarantine.options import overrides as _overrides
 from quarantine.store import Store
 from quarantine.views import format_ending, format_path, format_size, format_when, format_why
@@ -133,7 +134,7 @@ def _open_read(ctx: Ctx, overrides: dict | None = None) -> Store:
                    "orphan (a file no record names).")
 @click.option("--since", type=TIME, default=None, metavar="TIME",
               help=f"Only those quarantined since TIME: {timespec.HELP}.")
-@click.option("--limit", type=click.IntRange(min=0), default=None, metavar="N",
+@click.option("--limit", cls=Option, type=click.IntRange(min=0), default=None, metavar="N",
               show_default=f"{views.LIST_LIMIT}; with --json, all",
               help="Show the newest N (0: all); a last line says how many more there are.")
 @click.option("--offset", type=click.IntRange(min=0), default=0, metavar="N",
@@ -365,9 +366,10 @@ def plugins(as_json: bool):
 
 
 @cli.command(epilog=EPILOG)
-@click.option("--messages", default=300, show_default=True, type=click.IntRange(20, 100000),
+@click.option("--messages", default=300, show_default=True, type=click.IntRange(20, 100000), metavar="N",
               help="How many synthetic messages.")
-@click.option("--dir", "--keep", "where", type=click.Path(file_okay=False), default=None, metavar="DIR",
+@click.option("--dir", "--keep", "where", cls=Option, type=click.Path(file_okay=False), default=None,
+              metavar="DIR",
               show_default="a new qsup-demo-* directory in $TMPDIR",
               help="Build the demo spool and state here (--keep: the older spelling).")
 @click.option("--clean", is_flag=True, help="Remove the demo's spool and state when it is done.")
@@ -385,7 +387,9 @@ def demo(messages: int, where: str | None, clean: bool):
 
 def main() -> None:
     try:
-        cli.main(standalone_mode=False)
+        # named qsup also under python -m quarantine: in usage lines, and for shell
+        # completion, which is asked for in $_QSUP_COMPLETE
+        cli.main(prog_name="qsup", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -316,3 +317,65 @@ def test_show_of_a_message_that_was_alone_from_the_start(qsup, make_spool):
     text = qsup("show", ids[1]).stdout
     assert "alone from the start" in text and "bisection" not in text, text
     assert "signal SIGSEGV" in text and "path   STRIKE" not in text
+
+
+# ------------------------------------------------- completion and man page
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MANPAGE = os.path.join(ROOT, "docs", "qsup.8")
+
+
+def test_shell_completion_as_documented(tmp_path):
+    script = run(cwd=tmp_path, env={"_QSUP_COMPLETE": "bash_source"})
+    assert script.returncode == 0 and "_qsup_completion" in script.stdout and "complete " in script.stdout
+
+    def complete(words: str) -> list[str]:
+        cword = len(words.split()) - (0 if words.endswith(" ") else 1)
+        proc = run(cwd=tmp_path, env={"_QSUP_COMPLETE": "bash_complete", "COMP_WORDS": words,
+                                      "COMP_CWORD": str(cword)})
+        assert proc.returncode == 0, proc.stderr
+        return [line.split(",", 1)[1] for line in proc.stdout.splitlines()]
+
+    assert complete("qsup dr") == ["drain"]
+    assert complete("qsup list --kind ") == ["poison", "infected", "spam", "orphan", "all"]
+    assert set(complete("qsup drain --max-r")) == {"--max-rss-mb", "--max-rss"}
+    assert "--state" in complete("qsup status --st")  # the global options after the command too
+    for doc in (MANPAGE,):
+        with open(doc) as fh:
+            assert "_QSUP_COMPLETE=bash_source qsup" in fh.read().replace("\\-", "-"), doc
+
+
+def test_the_man_page_is_what_the_code_would_write():
+    from quarantine.cli import cli
+    from quarantine.manpage import page
+
+    with open(MANPAGE) as fh:
+        assert fh.read() == page(cli), "docs/qsup.8 is stale: python -m quarantine.manpage > docs/qsup.8"
+
+
+def test_the_man_page_names_every_command_and_option():
+    import click
+
+    from quarantine.cli import cli
+
+    with open(MANPAGE) as fh:
+        text = fh.read().replace("\\-", "-").replace("\\e", "\\")
+    for opt in (o for p in cli.params if isinstance(p, click.Option) for o in p.opts):
+        assert opt in text, opt
+    for name, cmd in cli.commands.items():
+        assert f'.SS "qsup {name} ' in text, name
+        for param in cmd.params:
+            for opt in [*getattr(param, "opts", ()), *getattr(param, "secondary_opts", ())]:
+                if opt.startswith("-"):
+                    assert opt in text, (name, opt)
+    for f in FIELDS:
+        assert f"Key \\fB{f.name}\\fR" in text.replace("\\\\fB", "\\fB"), f.name
+    for section in ("EXIT STATUS", "CONFIGURATION", "SHELL COMPLETION", "FILES", "ENVIRONMENT"):
+        assert f".SH {section}" in text
+
+
+@pytest.mark.skipif(not shutil.which("man"), reason="man not installed (apt-get install man-db groff)")
+def test_the_man_page_renders_without_warnings():
+    proc = subprocess.run(["man", "--warnings", "-l", MANPAGE], capture_output=True, text=True,
+                          env={**os.environ, "MANWIDTH": "80", "MANPAGER": "cat", "PAGER": "cat"}, timeout=60)
+    assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
+    assert "qsup - a poison-message quarantine supervisor" in " ".join(proc.stdout.replace("‐", "-").split())
