@@ -1,4 +1,4 @@
-"""The ``qsup`` command line (CONTRACT §2)."""
+"""The ``qsup`` command line (docs/reference.md §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The command line as users and scripts see it (CONTRACT §2, §3, §6)."""
+"""The command line as users and scripts see it (docs/reference.md §2, §3, §6)."""
 
 from __future__ import annotations
 

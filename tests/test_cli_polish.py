@@ -322,6 +322,7 @@ def test_show_of_a_message_that_was_alone_from_the_start(qsup, make_spool):
 # ------------------------------------------------- completion and man page
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MANPAGE = os.path.join(ROOT, "docs", "qsup.8")
+REFERENCE = os.path.join(ROOT, "docs", "reference.md")
 
 
 def test_shell_completion_as_documented(tmp_path):
@@ -339,7 +340,7 @@ def test_shell_completion_as_documented(tmp_path):
     assert complete("qsup list --kind ") == ["poison", "infected", "spam", "orphan", "all"]
     assert set(complete("qsup drain --max-r")) == {"--max-rss-mb", "--max-rss"}
     assert "--state" in complete("qsup status --st")  # the global options after the command too
-    for doc in (MANPAGE,):
+    for doc in (MANPAGE, REFERENCE, os.path.join(ROOT, "README.md")):
         with open(doc) as fh:
             assert "_QSUP_COMPLETE=bash_source qsup" in fh.read().replace("\\-", "-"), doc
 
@@ -379,3 +380,69 @@ def test_the_man_page_renders_without_warnings():
                           env={**os.environ, "MANWIDTH": "80", "MANPAGER": "cat", "PAGER": "cat"}, timeout=60)
     assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
     assert "qsup - a poison-message quarantine supervisor" in " ".join(proc.stdout.replace("‐", "-").split())
+
+
+# ------------------------------------------------------------- the reference
+def read(path: str) -> str:
+    with open(path) as fh:
+        return fh.read()
+
+
+def test_the_key_tables_of_the_reference_are_current():
+    from quarantine import reference
+
+    text = read(REFERENCE)
+    assert reference.update(text) == text, "docs/reference.md is stale: python -m quarantine.reference"
+    keys = text.split("<!-- BEGIN KEYS", 1)[1].split("<!-- END KEYS -->", 1)[0]
+    for f in FIELDS:
+        row = next(line for line in keys.splitlines() if line.startswith(f"| `{f.name}` |"))
+        assert f.flag in row and f.type.__name__ in row and f.shown_default in row, row
+    assert reference.main(["--check", REFERENCE]) == 0
+
+
+def test_the_reference_covers_the_command_line_and_the_contract():
+    from quarantine.cli import cli
+
+    text = read(REFERENCE)
+    for name in cli.commands:
+        assert f"| `qsup {name}" in text, name
+    for code in ("`0`", "`2`", "`3`", "`4`"):
+        assert f"| {code} |" in text
+    for metric in ("qsup_messages_total", "qsup_worker_crashes_total", "qsup_queue_depth_messages",
+                   "qsup_inflight_messages", "qsup_quarantine_messages", "qsup_breaker_open",
+                   "qsup_canary_runs_total"):
+        assert f"`{metric}`" in text, metric
+    for word in ("QSUP_BATCH_ID", "QSUP_STATUS_FD", "QSUP_PERSISTENT", "`begin ID`", "end BATCH_ID",
+                 "SPOOL/incoming/", "SPOOL/quarantine/", "--kind", "--since", "--watch", "--max-rss-mb"):
+        assert word in text, word
+    assert "docs/reference.md" in read(os.path.join(ROOT, "README.md"))
+
+
+def _sections(text: str) -> set[str]:
+    import re
+
+    found = set(re.findall(r"^#{2,3} (\d+(?:\.\d+)?)\.? ", text, re.M))
+    guarantees = text.split("## 5. Guarantees", 1)[1].split("\n## ", 1)[0]
+    found |= {f"5.{n}" for n in re.findall(r"^ ?(\d+)\. \*\*", guarantees, re.M)}
+    return found
+
+
+def test_every_citation_of_the_reference_names_a_section_of_it():
+    import re
+
+    sections = _sections(read(REFERENCE))
+    assert {"2", "2.3", "3", "4", "5.1", "5.10", "6", "8"} <= sections
+    cited, gone = {}, "CONTRACT" + " §"  # (so that this file does not cite it)
+    for top in ("quarantine", "plugins", "tests", "docs"):
+        for folder, _, names in os.walk(os.path.join(ROOT, top)):
+            for name in names:
+                if name.endswith((".py", ".md")):
+                    path = os.path.join(folder, name)
+                    text = read(path)
+                    assert gone not in text, f"{path} cites a file the project does not have"
+                    for ref in re.findall(r"docs/reference\.md §(\d+(?:\.\d+)?)", text):
+                        cited.setdefault(ref, path)
+                    for more in re.findall(r"docs/reference\.md §[\d.]+((?:, §\d+(?:\.\d+)?)+)", text):
+                        for ref in re.findall(r"§(\d+(?:\.\d+)?)", more):
+                            cited.setdefault(ref, path)
+    assert cited and not {ref: path for ref, path in cited.items() if ref not in sections}

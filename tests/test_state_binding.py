@@ -1,5 +1,5 @@
 """A state directory belongs to one queue, one qsup runs per queue, lost state is
-noticed, and a request that failed never runs later (CONTRACT §3, §5.9; issue 12,
+noticed, and a request that failed never runs later (docs/reference.md §3, §5.9; issue 12,
 findings 3-6)."""
 
 from __future__ import annotations
