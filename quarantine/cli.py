@@ -6,11 +6,10 @@ import json
 import logging
 import os
 import sys
-import time
 
 import click
 
-from quarantine import binding, ops, pm, timespec, views
+from quarantine import binding, live, ops, pm, timespec, views
 from quarantine.app import build_supervisor, handle_signals, setup_logging
 from quarantine.errors import EXIT_OK, EXIT_STATE, ConfigError, NotFound, QsupError, StateError
 from quarantine.options import (TIME, Ctx, Group, Option, config_options, global_params, queue_options,
@@ -308,25 +307,6 @@ def _status(ctx: Ctx) -> dict:
             "inflight_records": inflight, "last": snap, "recovery": recovery}
 
 
-def _watch(ctx: Ctx, interval: float) -> None:
-    """Redraw the status every *interval* seconds until Ctrl-C (exit 0). Without a
-    terminal, each refresh is printed after the last one."""
-    out = views.console()
-    try:
-        if not out.is_terminal:
-            while True:
-                out.print(views.status_view(_status(ctx), time.time()), "")
-                time.sleep(interval)
-        from rich.live import Live
-
-        with Live(views.status_view(_status(ctx), time.time()), console=out, auto_refresh=False) as live:
-            while True:
-                time.sleep(interval)
-                live.update(views.status_view(_status(ctx), time.time()), refresh=True)
-    except KeyboardInterrupt:
-        return
-
-
 @cli.command(epilog=EPILOG)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--watch", is_flag=True, help="A live view, redrawn from the status the running qsup "
@@ -340,7 +320,7 @@ def status(ctx: Ctx, as_json: bool, watch: bool, interval: float):
     if watch and as_json:
         raise click.UsageError("--watch is a view for people; without it, --json prints the status once")
     if watch:
-        _watch(ctx, interval)
+        live.watch(lambda: _status(ctx), interval)
         return
     out = _status(ctx)
     if as_json:
