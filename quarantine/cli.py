@@ -6,34 +6,21 @@ import json
 import logging
 import os
 import sys
+import time
 
 import click
 
-from quarantine import binding, live, ops, pm, timespec, views
+from quarantine import binding, live, moves, ops, pm, reading, timespec, views
 from quarantine.app import build_supervisor, handle_signals, setup_logging
 from quarantine.errors import EXIT_OK, EXIT_STATE, ConfigError, NotFound, QsupError, StateError
-from quarantine.options import (TIME, Ctx, Group, Option, config_options, global_params, queue_options,
-                                wait_option)
+from quarantine.options import (EPILOG, TIME, Ctx, Group, Option, config_options, global_params,
+                                queue_options, wait_option)
 from quarantine.options import overrides as _overrides
+from quarantine.reading import open_read as _open_read
 from quarantine.store import Store
 from quarantine.views import format_ending, format_path, format_size, format_when, format_why
 
 log = logging.getLogger("qsup")
-
-EPILOG = """\b
-Exit codes:
-  0  done
-  2  usage or configuration error (the message names the bad value)
-  3  stopped with the breaker open (systemic failure: nothing was quarantined)
-  4  state problem (locked by another qsup, unwritable, corrupt, full)
-
-\b
-Configuration: --config FILE, else ./qsup.toml, else /etc/qsup/qsup.toml, else
-built-in defaults. Every key is also a flag named like it (max_rss_mb:
---max-rss-mb); flags beat the file. State: --state DIR, else $QSUP_STATE, else
-/var/lib/qsup (root) or ./.qsup. --config and --state go before or after the
-command. Reference: docs/reference.md and qsup(8).
-"""
 
 
 @click.group(cls=Group, epilog=EPILOG, params=global_params(expose=True),
@@ -111,22 +98,6 @@ def run(ctx: Ctx, **kwargs):
 
 
 # ------------------------------------------------------------------ inspecting
-def _open_read(ctx: Ctx, overrides: dict | None = None) -> Store:
-    """The state, read-only; with *overrides* (queue flags), refused if it belongs to
-    another queue than the one they or the configuration file name."""
-    store = Store(ctx.state, readonly=True)
-    if overrides is not None:
-        try:
-            config = ctx.config(overrides)
-            if binding.names_a_queue(config):
-                with store.read() as r:
-                    binding.resolve(pm.build(), config, binding.recorded(r), ctx.state)
-        except BaseException:
-            store.close()
-            raise
-    return store
-
-
 @cli.command("list", epilog=EPILOG)
 @click.option("--kind", type=click.Choice(views.KINDS + ("all",)), default="all", show_default=True,
               help="Only this kind of quarantine: poison (crashed the scanner), infected, spam, "
@@ -177,18 +148,27 @@ def list_(ctx: Ctx, kind: str, since: float | None, limit: int | None, offset: i
 def show(ctx: Ctx, qid: str, as_json: bool, **kwargs):
     """One message: every attempt (batch size, worker pid, crash kind, signal or
     exit code, peak RSS, duration, stderr tail), the bisection path, headers."""
-    store = _open_read(ctx, _overrides(kwargs))
+    from quarantine import export as export_
+    from quarantine.views import format_evidence
+
+    overrides = _overrides(kwargs)
+    store = _open_read(ctx, overrides)
     try:
         found = ops.details(store, qid)
+        with store.read() as r:
+            heads = export_.Headers(binding.recorded(r), ctx.config(overrides).spool)
     finally:
         store.close()
+    for item in found:  # a delivered message's headers, from outgoing/ while it is there
+        item["journal"] = [heads.fill_dict(row) for row in item["journal"]]
     if as_json:
         click.echo(json.dumps(found, indent=2, sort_keys=True))
         return
     for item in found:
         rec, hist = item["record"], item["history"]
         state = "quarantined" if item["quarantined"] else "not quarantined"
-        click.echo(f"{qid}  [{state}]  fingerprint {item['key'].split(':', 1)[1]}")
+        fp = item["key"].partition(":")[2]
+        click.echo(f"{qid}  [{state}]" + (f"  fingerprint {fp}" if fp else ""))
         if rec:
             click.echo(f"  when     {format_when(rec.get('when'))}")
             click.echo(f"  why      {format_why(rec)}")
@@ -197,6 +177,18 @@ def show(ctx: Ctx, qid: str, as_json: bool, **kwargs):
             click.echo(f"  file     {rec.get('queue', '?')}: quarantine/{rec.get('name', qid)}")
             if format_path(rec.get("path")):
                 click.echo(f"  path     {format_path(rec.get('path'))}")
+        for line in format_evidence(rec.get("evidence"), rec.get("when")):
+            click.echo(f"  {line}")
+        if item["journal"]:
+            click.echo("  journal:")
+        for row in item["journal"]:
+            said = "  ".join(filter(None, (row["verdict"], row["batch"] and f"batch {row['batch']}",
+                                           row["scanner"] and f"scanner {row['scanner']}",
+                                           row["name"] and f"as {row['name']}", row["note"])))
+            click.echo(f"    {format_when(row['time'])}  {row['fate']:<11}  {said}")
+            for key in ("message_id", "sender"):
+                if row[key] and not rec:
+                    click.echo(f"      {key.replace('_', '-')}: {row[key]}")
         for key, label in (("attempts_total", "attempts"), ("unexplained", "unexplained"),
                            ("deaths", "in flight when qsup died"), ("forgiven", "strikes forgiven")):
             if hist.get(key):
@@ -218,6 +210,42 @@ def show(ctx: Ctx, qid: str, as_json: bool, **kwargs):
             for k, v in rec["headers"].items():
                 click.echo(f"    {k}: {v}")
         click.echo("")
+
+
+@cli.command(epilog=EPILOG)
+@click.option("--since", metavar="WHEN", default=None,
+              help="From this time: ISO (2026-03-01T14:00, local unless it names a zone) or a "
+                   "duration back from now (90s, 30m, 2h, 1d, 1w). Default: the oldest entry kept "
+                   "(done_retention_hours).")
+@click.option("--until", metavar="WHEN", default=None, help="Up to this time (same forms). Default: now.")
+@click.option("--json", "as_json", is_flag=True, help="A JSON array, one object per record.")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV with a header line (the default).")
+@queue_options
+@click.pass_obj
+def export(ctx: Ctx, since, until, as_json: bool, as_csv: bool, **kwargs):
+    """Every message qsup handled in a window, one record each: qid, fate (delivered,
+    tagged, quarantined, released, purged; vanished: gone from the queue before its
+    move), time, message_id, sender, verdict, scanner. Oldest first, streamed."""
+    import time
+
+    from quarantine import export as export_
+
+    if as_json and as_csv:
+        raise click.UsageError("--json or --csv, not both")
+    now = time.time()
+    start = export_.parse_time(since, now, "--since") if since else None
+    end = export_.parse_time(until, now, "--until") if until else None
+    overrides = _overrides(kwargs)
+    store = _open_read(ctx, overrides)
+    try:
+        with store.read() as r:
+            heads = export_.Headers(binding.recorded(r), ctx.config(overrides).spool)
+        export_.write(sys.stdout, export_.rows(store, start, end, heads), as_json)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `qsup export | head`: the reader has seen enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    finally:
+        store.close()
 
 
 def _state_action(ctx: Ctx, request: dict, wait: float, **config_kw) -> None:
@@ -244,6 +272,7 @@ def _state_action(ctx: Ctx, request: dict, wait: float, **config_kw) -> None:
         if config.queue not in queues:
             raise ConfigError(f"queue: unknown kind {config.queue!r} (known: {', '.join(sorted(queues))})")
         queue = queues[config.queue](config)
+        moves.finish_pending(store, queue, time.time())  # what a killed release or qsup began
         done = ops.execute(store, queue, request)
     finally:
         store.close()
@@ -292,21 +321,6 @@ def purge(ctx: Ctx, ids, everything, yes, wait, **kwargs):
     _state_action(ctx, {"op": "purge", "ids": list(ids), "all": everything}, wait, **_overrides(kwargs))
 
 
-def _status(ctx: Ctx) -> dict:
-    store = _open_read(ctx)
-    try:
-        with store.read() as r:
-            snap = r.get("meta", "status") or {}
-            recovery = r.get("meta", "recovery")
-            quarantined = r.count("quarantine")
-            inflight = sum(len(b.get("ids", ())) for _, b in r.items("batches"))
-    finally:
-        store.close()
-    holder = Store.holder(ctx.state)
-    return {"running": bool(holder), "pid": holder, "quarantined": quarantined,
-            "inflight_records": inflight, "last": snap, "recovery": recovery}
-
-
 @cli.command(epilog=EPILOG)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--watch", is_flag=True, help="A live view, redrawn from the status the running qsup "
@@ -320,9 +334,9 @@ def status(ctx: Ctx, as_json: bool, watch: bool, interval: float):
     if watch and as_json:
         raise click.UsageError("--watch is a view for people; without it, --json prints the status once")
     if watch:
-        live.watch(lambda: _status(ctx), interval)
+        live.watch(lambda: reading.status(ctx), interval)
         return
-    out = _status(ctx)
+    out = reading.status(ctx)
     if as_json:
         click.echo(json.dumps(out, indent=2, sort_keys=True))
         return

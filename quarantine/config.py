@@ -141,6 +141,23 @@ class Config:
     done_retention_hours: float = _key(168.0, "Completion records older than this are pruned, "
                                        "so the state does not grow with the mail ever handled.")
     log_level: str = _key("info", "Log level.", choices=("debug", "info", "warning", "error"))
+    # operator digests (notify.py): off unless notify_to is set
+    notify_to: str | None = _key(None, "Operator address(es) for digest mails, comma-separated. "
+                                 "Mail only ever goes here, never to a message's sender.",
+                                 optional=True, shown="none: no digests", metavar="ADDRESS")
+    notify_smtp: str | None = _key(None, "Send digests through this SMTP server, HOST:PORT "
+                                   "(STARTTLS when offered).", optional=True, metavar="HOST:PORT")
+    notify_sendmail: str | None = _key(None, "Send digests through this sendmail program (a path) "
+                                       "instead of SMTP.", optional=True, metavar="PATH")
+    notify_from: str | None = _key(None, "From: and envelope sender of digests.", optional=True,
+                                   shown="From qsup@HOST, with the null envelope sender <>",
+                                   metavar="ADDRESS")
+    notify_digest: float = _key(900.0, "Seconds: at most one digest mail per period.", minimum=1)
+    notify_max_per_hour: int = _key(4, "More digests than this in an hour: qsup stops sending "
+                                    "(and says so once) until the hour allows again.", minimum=1)
+    notify_auth_file: str | None = _key(None, "File with the SMTP AUTH user and password (two "
+                                        "lines); else $QSUP_NOTIFY_USER/$QSUP_NOTIFY_PASSWORD. "
+                                        "Never on the command line.", optional=True, metavar="FILE")
     plugin: dict = field(default_factory=dict)  # [plugin.NAME] tables: NAME -> {key: value}
     source: str = "built-in defaults"
     # the keys the file or a flag set ("plugin.NAME" for a plugin's options): what

@@ -67,6 +67,7 @@ class Environment:
         self.events, self.stats = events, stats
         self.breaker = Breaker(config.storm_limit, config.storm_window)
         self.last_pass = -math.inf  # when the last canary (or proof as good) started
+        self.passed_by: dict = {}  # what that was: the evidence a quarantine names
         self.failed_while_open = False  # a canary or a start failed since it last closed
         self.streak = 0  # batches crashed in a row with no success between
         self.streak_started = -math.inf
@@ -102,11 +103,21 @@ class Environment:
     def crash_rate(self, now: float) -> float:
         return self.rate.estimate(now)
 
-    def healthy(self, started: float) -> None:
+    def healthy(self, started: float, batch: str = "", pid: int | None = None) -> None:
         """A fresh worker (its first batch) given a batch at *started* scanned all of
         it: what a canary passing then shows, that the environment works."""
         if started > self.last_pass and not self.breaker.is_open:
             self.last_pass = started
+            self.passed_by = {"by": "a fresh worker's clean batch", "run": batch, "pid": pid,
+                              "started": started}
+
+    def proof_of(self, before: float, now: float) -> dict:
+        """What passed at *before* (a Proof's confirm_before), for a quarantine's record:
+        which run, on which worker, how long before *now*."""
+        if self.passed_by.get("started") != before:
+            return {}
+        return {k: v for k, v in self.passed_by.items() if k != "started"} | {
+            "seconds_before": round(now - before, 3)}
 
     def canary_due(self, now: float, oldest_crash: float | None, flowing: bool) -> bool:
         """Candidates wait for a canary, or for a fresh worker's good batch (the same
@@ -118,7 +129,8 @@ class Environment:
         return (oldest_crash is not None and (waited >= CANARY_WAIT or not flowing)) or (
             streak and self.streak_started > self.last_pass)
 
-    def canary_ended(self, started: float, ending: Ending, detail: dict, now: float) -> Proof:
+    def canary_ended(self, started: float, ending: Ending, detail: dict, now: float,
+                     run: str = "") -> Proof:
         if ending is Ending.STOPPED:
             return NOTHING  # a planned kill (stop, reload) says nothing about the environment
         if self.breaker.is_open and started < self.breaker.since:
@@ -128,6 +140,7 @@ class Environment:
             return self.canary_failed(f"{ending.value}{detail_text(detail)}", now)
         self.rate.add(now, scans=1)
         self.last_pass = started
+        self.passed_by = {"by": "canary", "run": run, "pid": detail.get("pid"), "started": started}
         forgive = False
         if self.breaker.is_open:
             log.warning("breaker closed: the canary passed again after %.0fs (%s)",

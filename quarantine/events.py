@@ -17,8 +17,9 @@ log = logging.getLogger("qsup")
 
 
 class Events:
-    def __init__(self, hooks, stats: Counter, clock: Callable[[], float]):
+    def __init__(self, hooks, stats: Counter, clock: Callable[[], float], notifier=None):
         self._hooks = hooks
+        self._notifier = notifier  # qsup's own digests (notify.Notifier): hears the breaker
         self._stats = stats
         self._log = RateCap(log, per_window=5, window=60.0, clock=clock)
 
@@ -34,6 +35,8 @@ class Events:
         self._call(self._hooks.qsup_quarantined, record=record)
 
     def breaker(self, state: str, reason: str) -> None:
+        if self._notifier is not None:
+            self._notifier.breaker(state, reason)
         self._call(self._hooks.qsup_breaker, state=state, reason=reason)
 
     def _call(self, caller, **kwargs) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from email.header import decode_header, make_header
 
 HEAD_BYTES = 16384  # enough for the headers of any sane message
-SHOWN = ("From", "To", "Subject", "Date", "Message-ID", "Return-Path")
+SHOWN = ("From", "To", "Subject", "Date", "Message-Id", "Return-Path")  # as parse() spells them
 
 
 def _decode(value: str) -> str:

@@ -49,6 +49,8 @@ class Move:
     name: str
     origin: str = "incoming"  # where the message is now
     source: str = ""  # its name there, if not the queue ID (a quarantined file)
+    ino: int = 0  # the file's inode when it was fingerprinted, if the queue knows it: a
+    # scanner may edit a message in place during its batch, and it is still that message
 
 
 @dataclass(frozen=True)

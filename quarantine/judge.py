@@ -76,7 +76,7 @@ class Judge:
         alpha = ALPHA / max(1, scans)
         for cand, s in zip(proven, strikes):
             evidence = {"crashes": s, "crash_rate": round(p, 6), "scans": scans, "chance": p ** s,
-                        "alpha": alpha}
+                        "alpha": alpha, "proof": self.env.proof_of(proof.confirm_before, now)}
             if k == 1 or p ** s < alpha:
                 self.quarantine(cand, evidence)
             else:

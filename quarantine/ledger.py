@@ -13,10 +13,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from quarantine import moves
+from quarantine import journal, moves
 from quarantine.headers import HEAD_BYTES, summary
 from quarantine.hookspecs import Move, Queue
 from quarantine.ids import message_key
+from quarantine.journal import Journal
+from quarantine.outbox import Outbox
 from quarantine.policy import Batch, Lane
 from quarantine.store import Store, Txn
 
@@ -148,9 +150,11 @@ class Ledger:
     """The supervisor's write side of the store. One durable transaction per loop
     pass: :meth:`pass_txn` first completes the moves the previous pass made."""
 
-    def __init__(self, store: Store, queue: Queue, wall):
+    def __init__(self, store: Store, queue: Queue, wall, scanner=lambda: "", outbox: Outbox | None = None):
         self.store, self.queue, self.wall = store, queue, wall
         self._completing: list[Completing] = []
+        self.journal = Journal(scanner)  # the audit trail, written with what it tells of
+        self.outbox = outbox or Outbox()  # the operator's next digest
 
     @property
     def has_completions(self) -> bool:
@@ -177,10 +181,17 @@ class Ledger:
         with self.store.write() as w:
             w.put("meta", "status", snapshot)
 
-    def make_moves(self, key: str, group: list[Move]) -> None:
+    def deliver(self, w: Txn, key: str, group: list[Move], ended: list) -> None:
+        """The intent of a pass's deliveries, and their journal entries (a batch each)."""
+        moves.record(w, key, group)
+        self.journal.delivered(w, self.wall(), key, group, ended)
+
+    def make_moves(self, key: str, group: list[Move]) -> set[str]:
         """Make a group recorded in this pass; its completion goes in the next one
-        (replaying a finished move is harmless)."""
-        self._completing.append(Completing(key, group, moves.make(self.queue, group), self.wall()))
+        (replaying a finished move is harmless). Returns the IDs that were gone."""
+        results = moves.make(self.queue, group)
+        self._completing.append(Completing(key, group, results, self.wall()))
+        return {m.qid for m, r in zip(group, results) if r == "gone"}
 
     def quarantine(self, cand: Candidate, evidence: dict) -> dict | None:
         """Write the record, move the file (write-ahead), complete. Returns the record
@@ -195,18 +206,23 @@ class Ledger:
                   "peak_rss": max((a.get("peak_rss") or 0 for a in attempts), default=0),
                   "strikes": hist.get("strikes", 0), "size": cand.size, "sender": sender,
                   "subject": subject, "headers": headers, "path": list(cand.path),
-                  "queue": self.queue.name, "evidence": evidence, "state": "moving"}
+                  "queue": self.queue.name, "evidence": evidence, "state": "moving",
+                  "batch": attempts[-1].get("batch", ""), "scanner": self.journal.scanner()}
         mv = self.queue.plan(cand.qid, cand.fp, "quarantine")
         ikey, extra = f"quarantine/{cand.key}", {"record": record}
         with self.store.write() as w:
             w.put("quarantine", cand.key, record)
             w.delete("pending", cand.pending)
             moves.record(w, ikey, [mv], extra)
+            jkey = self.journal.quarantined(w, record["when"], record)
+            note = self.outbox.quarantined(w, record["when"], record)
         results = moves.make(self.queue, [mv])
         with self.store.write() as w:
             moves.complete(w, ikey, [mv], results, self.wall(), extra)
             if results[0] == "gone":
                 w.delete("quarantine", cand.key)
+                w.delete(journal.DB, jkey)  # it did not happen
+                self.outbox.withdraw(w, note)
         return None if results[0] == "gone" else dict(record, name=mv.name, state="quarantined")
 
     def prune(self, retention_hours: float) -> int:
@@ -218,8 +234,15 @@ class Ledger:
             with self.store.write() as w:
                 for key in old[start:start + 5000]:
                     w.delete("done", key)
-        if old:
-            log.info("pruned %d completion record(s) older than %.0fh", len(old), retention_hours)
+        entries = journal.prune(self.store, cutoff)
+        with self.store.write() as w:
+            unsent = Outbox.prune(w, cutoff)
+        if old or entries:
+            log.info("pruned %d completion record(s) and %d journal entr(ies) older than %.0fh",
+                     len(old), entries, retention_hours)
+        if unsent:
+            log.warning("dropped %d digest event(s) older than %.0fh that were never sent", unsent,
+                        retention_hours)
         return len(old)
 
 

@@ -24,6 +24,7 @@ import logging
 from quarantine.errors import QueueError
 from quarantine.hookspecs import Move, Queue
 from quarantine.ids import message_key
+from quarantine.journal import Journal
 from quarantine.store import Store, Txn
 
 log = logging.getLogger("qsup")
@@ -86,6 +87,7 @@ def complete(w: Txn, key: str, moves: list[Move], results: list[str], now: float
         mkey = message_key(move.qid, move.fp)
         if result == "gone":
             log.warning("%s vanished from the queue before qsup could move it to %s", move.qid, move.dest)
+            Journal.vanished(w, now, move)
             continue
         if move.dest == "outgoing":
             delivered[move.qid] = move.name

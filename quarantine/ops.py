@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from quarantine import moves
+from quarantine import journal, moves
 from quarantine.errors import EXIT_STATE, NotFound, QueueError, StateError
 from quarantine.hookspecs import Queue
 from quarantine.ids import is_queue_id
@@ -41,9 +41,14 @@ def find(store: Store, qid: str) -> list[dict]:
 
 
 def details(store: Store, qid: str) -> list[dict]:
-    """Everything ``qsup show`` prints: the record, every attempt kept, the path."""
+    """Everything ``qsup show`` prints: the record, every attempt kept, the path; and
+    the journal's entries of the message (its deliveries, releases …), oldest first,
+    on each item (or on one item of its own, keyed by the bare ID, when the message
+    has no record: a delivered one)."""
     if not is_queue_id(qid):
         raise NotFound(f"{qid!r} is not a queue ID")
+    trail = [dict(_jsonable(row), note=entry.get("note", ""))
+             for row, entry in journal.of_message(store, qid)]
     out = []
     with store.read() as r:
         quarantined = {key: rec for key, rec in r.items("quarantine", prefix=f"{qid}:")}
@@ -53,9 +58,17 @@ def details(store: Store, qid: str) -> list[dict]:
                         "history": hist})
         for key, rec in quarantined.items():
             out.append({"key": key, "quarantined": True, "record": rec, "history": {}})
+    if not out and trail:
+        out.append({"key": qid, "quarantined": False, "record": {}, "history": {}})
     if not out:
-        raise NotFound(f"{qid}: no quarantine record and no crash history")
+        raise NotFound(f"{qid}: no quarantine record, no crash history and no journal entry")
+    for item in out:
+        item["journal"] = trail
     return sorted(out, key=lambda d: d["record"].get("when", 0), reverse=True)
+
+
+def _jsonable(row: journal.Row) -> dict:
+    return {f: getattr(row, f) for f in row.__slots__}
 
 
 def _select(store: Store, ids: list[str], everything: bool) -> list[dict]:
@@ -113,6 +126,8 @@ def release(store: Store, queue: Queue, ids: list[str], everything: bool, no_sca
         if result == "gone":  # the record stays (moves.complete keeps it)
             done.problems.append(_missing(rec))
             continue
+        with store.write() as w:
+            journal.Journal.operator(w, time.time(), "released", rec, "no scan" if no_scan else "")
         named = f" as {mv.name}" if mv.name != rec["qid"] else ""
         where = (f"delivered without a scan{named} (--no-scan)" if no_scan
                  else f"back in the queue{named} to be scanned again")
@@ -127,6 +142,7 @@ def purge(store: Store, queue: Queue, ids: list[str], everything: bool) -> Done:
         existed = queue.purge(rec.get("name", rec["qid"]))
         with store.write() as w:
             w.delete("quarantine", rec["key"])
+            journal.Journal.operator(w, time.time(), "purged", rec)
         gone = f" (its quarantined file {rec.get('name', rec['qid'])} was already gone; record removed)"
         done.lines.append(f"qsup: purged {rec['qid']}" + ("" if existed else gone))
     return done

@@ -15,6 +15,21 @@ import click
 from quarantine import ops, timespec
 from quarantine.config import BY_NAME, FIELDS, Config, default_state_dir, find_config, load
 
+EPILOG = """\b
+Exit codes:
+  0  done
+  2  usage or configuration error (the message names the bad value)
+  3  stopped with the breaker open (systemic failure: nothing was quarantined)
+  4  state problem (locked by another qsup, unwritable, corrupt, full)
+
+\b
+Configuration: --config FILE, else ./qsup.toml, else /etc/qsup/qsup.toml, else
+built-in defaults. Every key is also a flag named like it (max_rss_mb:
+--max-rss-mb); flags beat the file. State: --state DIR, else $QSUP_STATE, else
+/var/lib/qsup (root) or ./.qsup. --config and --state go before or after the
+command. Reference: docs/reference.md and qsup(8).
+"""
+
 CONFIG_DEFAULT = "./qsup.toml if present, else /etc/qsup/qsup.toml if present, else built-in defaults"
 STATE_DEFAULT = "$QSUP_STATE, else /var/lib/qsup as root, else ./.qsup"
 

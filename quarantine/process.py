@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 import psutil
 
-MAX_LINE = 512  # longer status lines are dropped and counted, never trusted
+from quarantine.lines import LineReader
+
 STDERR_TAIL = 2048
 _PR_SET_CHILD_SUBREAPER = 36
 
@@ -59,34 +60,6 @@ def _killpg(pgid: int, sig: int = signal.SIGKILL) -> None:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-class LineReader:
-    """Splits a non-blocking byte stream into bounded lines."""
-
-    def __init__(self) -> None:
-        self.buf = b""
-        self.overlong = 0
-        self._dropping = False
-
-    def feed(self, data: bytes) -> list[bytes]:
-        self.buf += data
-        lines = []
-        while True:
-            nl = self.buf.find(b"\n")
-            if nl < 0:
-                if len(self.buf) > MAX_LINE:
-                    if not self._dropping:
-                        self.overlong += 1
-                    self._dropping, self.buf = True, b""
-                return lines
-            line, self.buf = self.buf[:nl], self.buf[nl + 1 :]
-            if self._dropping or len(line) > MAX_LINE:
-                if not self._dropping:
-                    self.overlong += 1
-                self._dropping = False
-                continue
-            lines.append(line)
 
 
 @dataclass
@@ -382,6 +355,19 @@ def kill_stale_workers(owner: str) -> int:
     return killed
 
 
+def pipe_to(argv: list[str], data: bytes, timeout: float) -> tuple[int | None, str]:
+    """Run *argv* with *data* on its stdin (a sendmail program): its exit status (None
+    if it could not start or was killed at *timeout*) and the tail of what it said."""
+    try:
+        done = subprocess.run(argv, input=data, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              timeout=timeout, close_fds=True)
+    except subprocess.TimeoutExpired:
+        return None, f"still running after {timeout:g}s: killed"
+    except OSError as exc:
+        return None, exc.strerror or str(exc)
+    return done.returncode, done.stderr[-STDERR_TAIL:].decode("utf-8", "replace").strip()
+
+
 def peak_rss_of_self() -> int:
     """qsup's own peak RSS in bytes (workers not included)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -389,12 +375,12 @@ def peak_rss_of_self() -> int:
 
 __all__ = [
     "Exit",
-    "LineReader",
     "SpawnError",
     "WorkerProcess",
     "become_subreaper",
     "kill_stale_workers",
     "peak_rss_of_self",
+    "pipe_to",
     "reap_orphans",
     "sample_all",
     "signal_name",

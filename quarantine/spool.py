@@ -211,7 +211,9 @@ class SpoolQueue:
         while os.path.lexists(self.path(dest, name)):
             n += 1
             name = base if n == 1 else f"{base}.{n}"
-        return Move(qid=qid, fp=fp, dest=dest, name=name, origin=origin, source=source)
+        seen = self._seen.get(qid) if origin == "incoming" and not source else None
+        ino = seen[0][0] if seen is not None and seen[1] == fp else 0
+        return Move(qid=qid, fp=fp, dest=dest, name=name, origin=origin, source=source, ino=ino)
 
     def _src(self, move: Move) -> str:
         return self.path(move.origin, move.source or move.qid)
@@ -235,7 +237,17 @@ class SpoolQueue:
             if stat.S_ISREG(st.st_mode) and _stamp(st) == seen[0]:
                 return True
         ident = self._identify_path(src)
-        return ident is not None and ident[1] == move.fp
+        if ident is not None and ident[1] == move.fp:
+            return True
+        # Edited in place by the scanner during its batch (tagging, disinfection): the
+        # same file, so what the scanner left is what goes on (contract §4). A message
+        # renamed over it would be another inode: that one is new, and is scanned.
+        try:
+            st = os.lstat(src)
+        except OSError:
+            return False
+        return bool(move.ino) and move.dest == "outgoing" and stat.S_ISREG(st.st_mode) \
+            and st.st_ino == move.ino
 
     def apply(self, move: Move) -> str:
         src, dst = self._src(move), self.path(move.dest, move.name)

@@ -10,6 +10,8 @@ Named databases, values are compact JSON:
   quarantine  message key -> the quarantine record
   done        group key -> completion record of a group of deliveries (when, names)
   intents     group key -> moves about to happen (write-ahead, see moves.py)
+  journal     time:tag -> what happened to messages (the audit trail, journal.py)
+  outbox      events waiting for the operator's digest mail (outbox.py)
 
 A message key is ``ID:fingerprint`` so a reused queue ID starts with a clean record.
 Only the supervisor holding ``lock`` writes; other commands read, or ask it.
@@ -36,7 +38,8 @@ from quarantine.errors import StateError, StateFull
 from quarantine.lock import PidLock
 
 SCHEMA = 1
-DBS = ("meta", "batches", "pending", "history", "quarantine", "done", "intents")
+DBS = ("meta", "batches", "pending", "history", "quarantine", "done", "intents", "journal", "outbox")
+LATER = ("journal", "outbox")  # added since SCHEMA 1: a state from before has none until a write open
 DEFAULT_MAP_MB = 1024
 LOCK_FILE = "lock"  # in the state directory, held by the one qsup writing it
 DATA_FILE = "data.mdb"
@@ -114,6 +117,8 @@ class Txn:
                              f"{ascii(raw[:80])[2:-1]} (in {self._path})") from None
 
     def get(self, db: str, key: str) -> Any:
+        if db not in self._dbs:
+            return None  # a database added since (LATER) that an older state lacks
         return self._dec(db, key, self._txn.get(key.encode(), db=self._dbs[db]))
 
     def put(self, db: str, key: str, value: Any) -> None:
@@ -123,6 +128,8 @@ class Txn:
         self._txn.delete(key.encode(), db=self._dbs[db])
 
     def items(self, db: str, prefix: str = "") -> Iterator[tuple[str, Any]]:
+        if db not in self._dbs:
+            return
         with self._txn.cursor(db=self._dbs[db]) as cur:
             if prefix and not cur.set_range(prefix.encode()):
                 return
@@ -132,8 +139,22 @@ class Txn:
                     return
                 yield key, self._dec(db, key, v)
 
+    def range(self, db: str, start: str, stop: str = "") -> Iterator[tuple[str, Any]]:
+        """Items with ``start <= key < stop`` (no *stop*: to the end), in key order."""
+        if db not in self._dbs:
+            return
+        with self._txn.cursor(db=self._dbs[db]) as cur:
+            if not cur.set_range(start.encode()):
+                return
+            end = stop.encode() if stop else None
+            for k, v in cur:
+                if end is not None and k >= end:
+                    return
+                key = self._key(db, k)
+                yield key, self._dec(db, key, v)
+
     def count(self, db: str) -> int:
-        return self._txn.stat(self._dbs[db])["entries"]
+        return self._txn.stat(self._dbs[db])["entries"] if db in self._dbs else 0
 
 
 class Store:
@@ -158,7 +179,13 @@ class Store:
                 mode=0o600,
                 max_readers=64,
             )
-            self.dbs = {name: self.env.open_db(name.encode(), create=not readonly) for name in DBS}
+            self.dbs = {}
+            for name in DBS:
+                try:
+                    self.dbs[name] = self.env.open_db(name.encode(), create=not readonly)
+                except lmdb.NotFoundError:
+                    if name not in LATER:  # read-only, of a state older than the database
+                        raise
         except StateError:
             self.close()
             raise

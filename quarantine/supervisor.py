@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from enum import IntEnum
 
-from quarantine import canary, moves, ops
+from quarantine import canary, ops
 from quarantine.config import Config
 from quarantine.environment import Environment, Proof
 from quarantine.errors import EXIT_BREAKER, EXIT_OK, QueueError, StateError
@@ -28,6 +28,7 @@ from quarantine.intake import Intake
 from quarantine.isolation import Isolation
 from quarantine.judge import Judge
 from quarantine.ledger import BatchRecord, InFlight, Ledger
+from quarantine.notify import Notifier
 from quarantine.policy import Batch, Ending, Lane, Outcome
 from quarantine.pool import WorkerPool
 from quarantine.process import SpawnError
@@ -57,13 +58,14 @@ class Supervisor:
         self.clock, self.wall = clock, wall
         self.telemetry = Telemetry(clock, wall, mode)
         self.stats = self.telemetry.stats
-        self.events = Events(hooks, self.stats, clock)
+        self.notifier = Notifier(config, store, wall)  # operator digests
+        self.events = Events(hooks, self.stats, clock, self.notifier)
         self.env = Environment(config, self.events, self.stats)
         self.isolation = Isolation(config, self.stats)
         self.intake = Intake(queue, config, self.isolation.held, self.stats)
         self.pool = WorkerPool(config, scanner, self.stats, owner=self.state_dir, clock=clock,
                                adopt_orphans=adopt_orphans)
-        self.ledger = Ledger(store, queue, wall)
+        self.ledger = Ledger(store, queue, wall, lambda: self.pool.scanner.name, self.notifier.outbox)
         self.judge = Judge(self.env, self.isolation, self.ledger, queue, self.events, self.stats, clock)
         self.canary_path = canary.prepare(self.state_dir, config.canary)
         self.stop = Stop.NONE
@@ -95,7 +97,7 @@ class Supervisor:
             # Full map or disk, a broken state directory, a move the file system
             # refuses: stop safely. Nothing is moved without its record, so what is in
             # flight stays in incoming/ and is recovered by the next start.
-            log.error("state problem, stopping: %s", exc)
+            log.error("stopping: %s", exc)
             self._state_broken = True
             raise
         finally:
@@ -116,7 +118,7 @@ class Supervisor:
         ended, canary_end = self.pool.collect(now, stopping=bool(stop))
         if canary_end is not None:
             run, ending, detail = canary_end
-            self.judge.act(self.env.canary_ended(run.started, ending, detail, now), now)
+            self.judge.act(self.env.canary_ended(run.started, ending, detail, now, run.batch_id), now)
         if self._reload_wanted:
             self._reload()
         if stop:
@@ -183,7 +185,7 @@ class Supervisor:
                 delivers += [self.queue.plan(q, e.fps[q], "outgoing") for q in decision.deliver]
             if delivers:
                 key = f"deliver/{self._new_id()}"
-                moves.record(w, key, delivers)
+                self.ledger.deliver(w, key, delivers, ended)  # the intent, and the journal
             if dispatch and not self.env.is_open:  # a storm in this pass stops its dispatch
                 ready = self._dispatch(w)
         for inflight in ready:
@@ -193,15 +195,14 @@ class Supervisor:
                 for qid in decision.deliver:
                     if qid in e.verdicts:
                         self.events.verdict(qid=qid, verdict=e.verdicts[qid], queue=self.queue)
-        if delivers:
-            self.ledger.make_moves(key, delivers)
+        gone = self.ledger.make_moves(key, delivers) if delivers else set()
         for e, decision in zip(ended, decisions):
             for qid in decision.deliver:
                 self.isolation.release(qid)
                 self.queue.scan_done(qid)
-            self.telemetry.delivered(len(decision.deliver), now)
+            self.telemetry.delivered(len(decision.deliver) - len(gone.intersection(decision.deliver)), now)
             if e.outcome.ending is Ending.OK:
-                self.env.healthy(e.fresh_start)
+                self.env.healthy(e.fresh_start, e.batch_id, e.detail.get("pid"))
 
     # ---------------------------------------------------------------- dispatch
     def _dispatch(self, w: Txn) -> list[InFlight]:
@@ -272,6 +273,7 @@ class Supervisor:
             self.intake.relist()  # released messages are in the queue now
         if self._prune.due(now):
             self.ledger.prune(self.config.done_retention_hours)
+        self.notifier.tick(now)
         if self.on_tick:
             self.on_tick(self)
 
@@ -298,7 +300,7 @@ class Supervisor:
                       "its queue (restart it to change that)", moved)
             return
         self.config = new
-        for part in (self.env, self.isolation, self.intake):
+        for part in (self.env, self.isolation, self.intake, self.notifier):
             part.configure(new)
         self.pool.configure(new, scanner)
         self.pool.retire_idle()  # persistent workers restart with the new settings
@@ -317,6 +319,7 @@ class Supervisor:
         self.pool.retire_idle(polite=2.0)
         self.pool.sweep_orphans()
         self.ledger.put_status(self.snapshot(now, force=True))
+        self.notifier.flush()  # what is due goes out before qsup exits
         self.pool.close()
 
 

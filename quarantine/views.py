@@ -103,6 +103,23 @@ def quarantine_table(rows: list[dict], title: str | None = None):
     return table
 
 
+def format_evidence(evidence: dict | None, when: float | None) -> list[str]:
+    """The lines of ``qsup show`` that say why a quarantine was judged beyond chance:
+    the crashes, the environment's crash rate, and the run that proved it sound."""
+    if not evidence:
+        return []
+    lines = [f"evidence {evidence.get('crashes', '?')} solo crash(es); the environment's crash rate "
+             f"{evidence.get('crash_rate', 0):.2g} per scan over {evidence.get('scans', 0)} scan(s); "
+             f"chance {evidence.get('chance', 0):.2g} (convicts below {evidence.get('alpha', 0):.2g})"]
+    proof = evidence.get("proof") or {}
+    if proof:
+        started = when - proof["seconds_before"] if when and "seconds_before" in proof else None
+        pid = f" on worker pid {proof['pid']}" if proof.get("pid") else ""
+        lines.append(f"proof    {proof.get('by', '?')} {proof.get('run', '')}{pid} passed, started "
+                     f"{format_when(started)}")
+    return lines
+
+
 def filters_text(kind: str, since: float | None) -> str:
     said = ([f"kind {kind}"] if kind != "all" else []) + ([f"since {format_when(since)}"] if since else [])
     return ", ".join(said)

@@ -81,3 +81,55 @@ def test_kill_dash_nine_at_random_moments(qsup, make_spool):
     assert not where["incoming"], f"seed {seed}"
     status = qsup("status", "--json")
     assert '"recovery"' in status.stdout and "died with" in status.stdout
+
+
+def _quarantined_and_listed(qsup) -> tuple[set[str], set[str]]:
+    files = set(os.listdir(qsup.spool / "quarantine"))
+    listed = {rec["qid"] for rec in qsup.listing()}
+    return files, listed
+
+
+def test_kill_dash_nine_during_release_all_and_purge_all(qsup, make_spool):
+    """kill -9 of `release --all` and of `purge --all --yes` at random moments: no
+    message is in two places or lost, no record outlives its file or is dropped
+    while its file stays, and the next command finishes what the killed one began."""
+    seed = int(os.environ.get("QSUP_CHAOS_SEED") or random.SystemRandom().randrange(1 << 30))
+    print(f"chaos seed {seed} (repeat with QSUP_CHAOS_SEED={seed})")
+    rng = random.Random(seed)
+    count, bad = 200, 150
+    ids = make_spool(count, {i: "segv" for i in range(bad)})
+    drain = ["--worker", DEMO, "--worker-mode", "persistent", "--workers", "4", "--batch-size", "10",
+             "--strikes", "1", "--storm-limit", "100000"]  # one crash quarantines: a quick drain
+    proc = qsup.drain(*drain, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    poison = set(ids[:bad])
+    assert set(os.listdir(qsup.spool / "quarantine")) == poison
+
+    def killed(*args: str) -> None:
+        for _ in range(12):
+            p = subprocess.Popen(qsup.argv(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(rng.uniform(0.15, 0.5))  # the interpreter's start-up, then the moves
+            p.kill()
+            p.wait()
+            assert_conserved(qsup.spool, sorted(set(ids) - purged))
+
+    purged: set[str] = set()
+    killed("release", "--all")
+    done = qsup("release", "--all")
+    assert done.returncode == 0, f"seed {seed}: {done.stderr[-2000:]}"
+    files, listed = _quarantined_and_listed(qsup)
+    assert not files and not listed, f"seed {seed}: {sorted(files)[:5]} {sorted(listed)[:5]}"
+    assert set(os.listdir(qsup.spool / "incoming")) >= poison
+
+    proc = qsup.drain(*drain, timeout=300)  # quarantined again: still poison
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    files, listed = _quarantined_and_listed(qsup)
+    assert files == listed == poison, f"seed {seed}"
+    purged = poison
+    killed("purge", "--all", "--yes")
+    done = qsup("purge", "--all", "--yes")
+    assert done.returncode == 0, f"seed {seed}: {done.stderr[-2000:]}"
+    files, listed = _quarantined_and_listed(qsup)
+    assert not files and not listed, f"seed {seed}"
+    where = assert_conserved(qsup.spool, sorted(set(ids) - poison))
+    assert where["outgoing"] == set(ids) - poison

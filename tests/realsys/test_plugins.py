@@ -35,7 +35,7 @@ def test_the_shipped_plugins_are_listed_with_version_and_hooks(qsup):
     rows = {row["name"]: row for row in json.loads(run.stdout)}
     version = metadata.version("qsup")
     assert rows["postfix"] == {"name": "postfix", "version": version, "error": None,
-                               "hooks": ["qsup_queue_types"]}
+                               "hooks": ["qsup_queue_identity", "qsup_queue_types"]}
     assert rows["clamav"]["hooks"] == ["qsup_scanner_types", "qsup_verdict"]
     assert rows["spamassassin"]["hooks"] == ["qsup_scanner_types", "qsup_verdict"]
     assert rows["clamav"]["version"] == rows["spamassassin"]["version"] == version
