@@ -1,4 +1,4 @@
-"""Which queue a state directory belongs to (CONTRACT §3).
+"""Which queue a state directory belongs to (docs/reference.md §3).
 
 The records in a state directory say where their messages are: ``name`` in the
 quarantine of *one* queue. The first ``drain`` or ``run`` on a state directory

@@ -1,4 +1,4 @@
-"""The ``qsup`` command line (CONTRACT §2)."""
+"""The ``qsup`` command line (docs/reference.md §2)."""
 
 from __future__ import annotations
 
@@ -6,97 +6,24 @@ import json
 import logging
 import os
 import sys
-import time
 
 import click
 
-from quarantine import binding, moves, ops, pm
+from quarantine import actions, binding, live, ops, pm, reading, timespec, views
 from quarantine.app import build_supervisor, handle_signals, setup_logging
-from quarantine.config import (
-    BY_NAME,
-    FIELDS,
-    Config,
-    default_state_dir,
-    find_config,
-    load,
-)
-from quarantine.errors import EXIT_OK, EXIT_STATE, ConfigError, NotFound, QsupError, StateError
+from quarantine.errors import EXIT_OK, QsupError
+from quarantine.options import (EPILOG, TIME, Ctx, Group, Option, config_options, global_params,
+                                queue_options, wait_option)
+from quarantine.options import overrides as _overrides
+from quarantine.reading import open_read as _open_read
 from quarantine.service import Service
-from quarantine.store import Store
-from quarantine.views import format_size, format_when, format_why, quarantine_table
+from quarantine.views import format_ending, format_path, format_size, format_when, format_why
 
 log = logging.getLogger("qsup")
 
-EPILOG = """\b
-Exit codes:
-  0  done
-  2  usage or configuration error (the message names the bad value)
-  3  stopped with the breaker open (systemic failure: nothing was quarantined)
-  4  state problem (locked by another qsup, unwritable, corrupt, full)
 
-\b
-Configuration: --config FILE, else ./qsup.toml, else /etc/qsup/qsup.toml, else
-built-in defaults. Every key can be given as a flag; flags beat the file.
-State: --state DIR, else $QSUP_STATE, else /var/lib/qsup (root) or ./.qsup.
-"""
-
-
-class Ctx:
-    def __init__(self, config_path: str | None, state: str | None):
-        self.config_path = find_config(config_path)
-        self.state = state or default_state_dir()
-
-    def config(self, overrides: dict | None = None) -> Config:
-        return load(self.config_path, overrides or {})
-
-
-def _flag(field) -> str:
-    return "--" + (field.flag or field.name.replace("_", "-"))
-
-
-def config_options(func):
-    """A flag for every config key (flags beat the file)."""
-    func = click.option("--plugin-option", "plugin_option", multiple=True, metavar="NAME.KEY=VALUE",
-                        help="An option of a plugin, as in a [plugin.NAME] table (repeatable).")(func)
-    for field in reversed(FIELDS):
-        kind = {int: int, float: float, str: str}[field.type]
-        if field.choices:
-            kind = click.Choice(field.choices)
-        func = click.option(_flag(field), field.name, type=kind, default=None,
-                            help=field.help, show_default=False)(func)
-    return func
-
-
-def queue_options(func):
-    """The flags that name a queue, for the commands that only read (list, show): a
-    state directory belongs to one queue, and refuses another (binding.py)."""
-    func = click.option("--plugin-option", "plugin_option", multiple=True, metavar="NAME.KEY=VALUE",
-                        help="An option of the queue's plugin (repeatable), for the same check.")(func)
-    func = click.option("--queue", "queue", default=None, metavar="KIND",
-                        help="Queue kind, for the same check.")(func)
-    return click.option("--spool", "spool", default=None, metavar="DIR",
-                        help="Refuse (exit 2) unless the state directory belongs to this spool. "
-                             "Default: no check; the state's own queue.")(func)
-
-
-def wait_option(func):
-    return click.option("--wait", type=click.FloatRange(min=0.1), default=ops.WAIT, show_default=True,
-                        metavar="SECONDS",
-                        help="How long the running qsup may take to pick the request up; "
-                             "after that it is withdrawn and nothing is done.")(func)
-
-
-def _overrides(kwargs: dict) -> dict:
-    out = {k: kwargs.pop(k) for k in list(kwargs) if k in BY_NAME}
-    out["plugin_option"] = kwargs.pop("plugin_option", ())
-    return out
-
-
-@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-              help="TOML configuration file.")
-@click.option("--state", type=click.Path(file_okay=False), default=None,
-              help="LMDB state directory (env QSUP_STATE).")
+@click.group(cls=Group, epilog=EPILOG, params=global_params(expose=True),
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="qsup", prog_name="qsup")
 @click.pass_context
 def cli(ctx, config_path, state):
@@ -106,7 +33,7 @@ def cli(ctx, config_path, state):
     that crashed a worker by bisecting its batch, quarantines repeat offenders
     and delivers everything else. Start with `qsup demo`.
     """
-    ctx.obj = Ctx(config_path, state or os.environ.get("QSUP_STATE"))
+    ctx.obj = Ctx(config_path, state)
 
 
 # --------------------------------------------------------------------- running
@@ -174,42 +101,46 @@ def run(ctx: Ctx, **kwargs):
 
 
 # ------------------------------------------------------------------ inspecting
-def _open_read(ctx: Ctx, overrides: dict | None = None) -> Store:
-    """The state, read-only; with *overrides* (queue flags), refused if it belongs to
-    another queue than the one they or the configuration file name."""
-    store = Store(ctx.state, readonly=True)
-    if overrides is not None:
-        try:
-            config = ctx.config(overrides)
-            if binding.names_a_queue(config):
-                with store.read() as r:
-                    binding.resolve(pm.build(), config, binding.recorded(r), ctx.state)
-        except BaseException:
-            store.close()
-            raise
-    return store
-
-
 @cli.command("list", epilog=EPILOG)
+@click.option("--kind", type=click.Choice(views.KINDS + ("all",)), default="all", show_default=True,
+              help="Only this kind of quarantine: poison (crashed the scanner), infected, spam, "
+                   "orphan (a file no record names).")
+@click.option("--since", type=TIME, default=None, metavar="TIME",
+              help=f"Only those quarantined since TIME: {timespec.HELP}.")
+@click.option("--limit", cls=Option, type=click.IntRange(min=0), default=None, metavar="N",
+              show_default=f"{views.LIST_LIMIT}; with --json, all",
+              help="Show the newest N (0: all); a last line says how many more there are.")
+@click.option("--offset", type=click.IntRange(min=0), default=0, metavar="N",
+              help="Skip the newest N first: the next page.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @queue_options
 @click.pass_obj
-def list_(ctx: Ctx, as_json: bool, **kwargs):
+def list_(ctx: Ctx, kind: str, since: float | None, limit: int | None, offset: int, as_json: bool, **kwargs):
     """The quarantine, newest first: ID, when, why, strikes, size, sender, subject."""
     store = _open_read(ctx, _overrides(kwargs))
     try:
         rows = ops.records(store)
     finally:
         store.close()
+    matching = views.select(rows, kind, since)
+    if limit is None:
+        limit = 0 if as_json else views.LIST_LIMIT
+    page = matching[offset:offset + limit] if limit else matching[offset:]
     if as_json:
-        click.echo(json.dumps(rows, indent=2, sort_keys=True))
+        click.echo(json.dumps(page, indent=2, sort_keys=True))
         return
     if not rows:
         click.echo("The quarantine is empty.")
         return
-    from rich.console import Console
-
-    Console().print(quarantine_table(rows))
+    if not matching:
+        click.echo(f"Nothing matches ({views.filters_text(kind, since)}); the quarantine holds "
+                   f"{len(rows)} message(s) in all.")
+        return
+    out = views.console()
+    out.print(views.quarantine_table(page, views.list_title(len(page), len(matching), offset, kind, since)))
+    more = views.more_line(len(page), len(matching), offset)
+    if more:
+        out.print(more)
 
 
 @cli.command(epilog=EPILOG)
@@ -247,7 +178,8 @@ def show(ctx: Ctx, qid: str, as_json: bool, **kwargs):
             click.echo(f"  strikes  {rec.get('strikes')}")
             click.echo(f"  size     {format_size(rec.get('size', 0))}")
             click.echo(f"  file     {rec.get('queue', '?')}: quarantine/{rec.get('name', qid)}")
-            click.echo(f"  path     bisection {' -> '.join(rec.get('path') or ['-'])}")
+            if format_path(rec.get("path")):
+                click.echo(f"  path     {format_path(rec.get('path'))}")
         for line in format_evidence(rec.get("evidence"), rec.get("when")):
             click.echo(f"  {line}")
         if item["journal"]:
@@ -268,10 +200,10 @@ def show(ctx: Ctx, qid: str, as_json: bool, **kwargs):
         if attempts:
             click.echo(f"  attempts (last {len(attempts)}):")
         for a in attempts:
-            code = a.get("signal") or (f"exit {a['exit_code']}" if a.get("exit_code") is not None else "")
+            ending = format_ending(a.get("ending"), a.get("signal"), a.get("exit_code"))
             click.echo(f"    {format_when(a.get('when'))}  batch of {a.get('size')}  pid {a.get('pid', '-')}  "
-                       f"{a.get('ending')} {code}  peak RSS {format_size(a.get('peak_rss') or 0)}  "
-                       f"{a.get('duration', 0):.2f}s  path {'/'.join(a.get('path') or [])}"
+                       f"{ending}  peak RSS {format_size(a.get('peak_rss') or 0)}  "
+                       f"{a.get('duration', 0):.2f}s{'  path ' + '/'.join(a['path']) if a.get('path') else ''}"
                        f"{'  STRIKE' if a.get('strike') else ''}")
             tail = (a.get("stderr") or "").strip().splitlines()[-3:]
             for line in tail:
@@ -319,46 +251,6 @@ def export(ctx: Ctx, since, until, as_json: bool, as_csv: bool, **kwargs):
         store.close()
 
 
-def _state_action(ctx: Ctx, request: dict, wait: float, **config_kw) -> None:
-    """Run a release or purge on the queue the state directory belongs to: in the
-    running qsup if there is one (withdrawn if it does not take it within *wait*
-    seconds), else here."""
-    config = ctx.config(config_kw)
-    setup_logging("warning" if config.log_level == "info" else config.log_level)
-    plugins = pm.build()
-    holder = Store.holder(ctx.state) if os.path.isdir(ctx.state) else None
-    if holder:
-        binding.resolve(plugins, config, binding.recorded_in(ctx.state), ctx.state)
-        answer = ops.submit_request(ctx.state, request, wait)
-        if not answer.get("ok"):
-            failed = StateError if answer.get("code") == EXIT_STATE else NotFound
-            raise failed(answer.get("error", "request failed"))
-        _report(ops.Done(answer.get("lines", []), answer.get("problems", [])))
-        return
-    store = Store(ctx.state, map_mb=config.map_size_mb)
-    try:
-        with store.read() as r:
-            config = binding.resolve(plugins, config, binding.recorded(r), ctx.state)
-        queues = plugins.queue_types()
-        if config.queue not in queues:
-            raise ConfigError(f"queue: unknown kind {config.queue!r} (known: {', '.join(sorted(queues))})")
-        queue = queues[config.queue](config)
-        moves.finish_pending(store, queue, time.time())  # what a killed release or qsup began
-        done = ops.execute(store, queue, request)
-    finally:
-        store.close()
-    _report(done)
-
-
-def _report(done: ops.Done) -> None:
-    for line in done.lines:
-        click.echo(line)
-    for line in done.problems:
-        click.echo(f"qsup: error: {line}", err=True)
-    if done.problems:
-        sys.exit(EXIT_STATE)
-
-
 @cli.command(epilog=EPILOG)
 @click.argument("ids", nargs=-1)
 @click.option("--all", "everything", is_flag=True, help="Release every quarantined message.")
@@ -371,7 +263,7 @@ def release(ctx: Ctx, ids, everything, no_scan, wait, **kwargs):
     scanner is fixed). Nothing is delivered unscanned unless --no-scan is given."""
     if not ids and not everything:
         raise click.UsageError("name the IDs to release, or give --all")
-    _state_action(ctx, {"op": "release", "ids": list(ids), "all": everything, "no_scan": no_scan},
+    actions.carry_out(ctx, {"op": "release", "ids": list(ids), "all": everything, "no_scan": no_scan},
                   wait, **_overrides(kwargs))
 
 
@@ -389,53 +281,30 @@ def purge(ctx: Ctx, ids, everything, yes, wait, **kwargs):
     if not yes:
         what = "every quarantined message" if everything else ", ".join(ids)
         raise click.UsageError(f"purge deletes mail for good; nothing deleted. Repeat with --yes to delete {what}")
-    _state_action(ctx, {"op": "purge", "ids": list(ids), "all": everything}, wait, **_overrides(kwargs))
+    actions.carry_out(ctx, {"op": "purge", "ids": list(ids), "all": everything}, wait, **_overrides(kwargs))
 
 
 @cli.command(epilog=EPILOG)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--watch", is_flag=True, help="A live view, redrawn from the status the running qsup "
+                                            "writes (about every second); Ctrl-C ends it.")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
+              metavar="SECONDS", help="How often --watch redraws.")
 @click.pass_obj
-def status(ctx: Ctx, as_json: bool):
+def status(ctx: Ctx, as_json: bool, watch: bool, interval: float):
     """Workers, in-flight batches with age, suspects, queue depth, breaker state,
     throughput, and what the last restart recovered."""
-    store = _open_read(ctx)
-    try:
-        with store.read() as r:
-            snap = r.get("meta", "status") or {}
-            recovery = r.get("meta", "recovery")
-            quarantined = r.count("quarantine")
-            inflight = sum(len(b.get("ids", ())) for _, b in r.items("batches"))
-    finally:
-        store.close()
-    holder = Store.holder(ctx.state)
-    out = {"running": bool(holder), "pid": holder, "quarantined": quarantined,
-           "inflight_records": inflight, "last": snap, "recovery": recovery}
+    if watch and as_json:
+        raise click.UsageError("--watch is a view for people; without it, --json prints the status once")
+    if watch:
+        live.watch(lambda: reading.status(ctx), interval)
+        return
+    out = reading.status(ctx)
     if as_json:
         click.echo(json.dumps(out, indent=2, sort_keys=True))
         return
-    click.echo(f"qsup: {'running, pid ' + str(holder) if holder else 'not running'}"
-               f" (status of {format_when(snap.get('updated'))})")
-    br = snap.get("breaker") or {}
-    line = f"breaker: {br.get('state', '?')}"
-    if br.get("state") == "open":
-        line += f" since {format_when(br.get('since_wall'))}: {br.get('reason')}"
-    click.echo(line)
-    click.echo(f"queue depth: {snap.get('queue_depth', '?')}, suspects: {snap.get('suspects', 0)}, "
-               f"awaiting canary: {snap.get('awaiting_canary', 0)}, quarantined: {quarantined}, "
-               f"throughput: {snap.get('throughput', 0)} msg/s")
-    workers = snap.get("workers") or []
-    click.echo(f"workers busy: {len(workers)}")
-    for w in workers:
-        click.echo(f"  pid {w['pid']}  batch {w['batch']}  {w['lane']} lane  {w['size']} message(s)  "
-                   f"age {w['age']}s")
-    counters = snap.get("counters") or {}
-    if counters:
-        click.echo("counters: " + ", ".join(f"{k} {v}" for k, v in sorted(counters.items())))
-    if recovery:
-        click.echo(f"last recovery at {format_when(recovery.get('at'))}: {recovery.get('why', '')}; "
-                   f"{recovery.get('messages', 0)} message(s) in {recovery.get('batches', 0)} batch(es), "
-                   f"{recovery.get('intents', 0)} interrupted move(s) finished, "
-                   f"{recovery.get('killed_workers', 0)} stale worker(s) killed")
+    for line in views.status_lines(out):
+        click.echo(line)
 
 
 @cli.command(epilog=EPILOG)
@@ -454,23 +323,30 @@ def plugins(as_json: bool):
 
 
 @cli.command(epilog=EPILOG)
-@click.option("--messages", default=300, show_default=True, type=click.IntRange(20, 100000),
+@click.option("--messages", default=300, show_default=True, type=click.IntRange(20, 100000), metavar="N",
               help="How many synthetic messages.")
-@click.option("--keep", type=click.Path(file_okay=False), default=None,
-              help="Build the demo spool and state here and keep them (else a temp dir).")
-@click.pass_obj
-def demo(ctx: Ctx, messages: int, keep: str | None):
+@click.option("--dir", "--keep", "where", cls=Option, type=click.Path(file_okay=False), default=None,
+              metavar="DIR",
+              show_default="a new qsup-demo-* directory in $TMPDIR",
+              help="Build the demo spool and state here (--keep: the older spelling).")
+@click.option("--clean", is_flag=True, help="Remove the demo's spool and state when it is done.")
+def demo(messages: int, where: str | None, clean: bool):
     """Build a throw-away spool with synthetic messages, some of which crash the
     bundled demo scanner for real (SIGSEGV, abort, memory blow-up, hang), drain it
-    with a live progress display and print the quarantine."""
+    with a live progress display and print the quarantine.
+
+    It needs no configuration (--config and --state are not used: the demo has its
+    own) and keeps its spool and state, printing the commands to look at them."""
     from quarantine.demo import run_demo
 
-    sys.exit(run_demo(messages, keep))
+    sys.exit(run_demo(messages, where, clean))
 
 
 def main() -> None:
     try:
-        cli.main(standalone_mode=False)
+        # named qsup also under python -m quarantine: in usage lines, and for shell
+        # completion, which is asked for in $_QSUP_COMPLETE
+        cli.main(prog_name="qsup", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:

@@ -34,22 +34,51 @@ class Field:
     type: type
     default: Any
     help: str
-    flag: str = ""  # command-line flag, if not --name-with-dashes
+    aliases: tuple[str, ...] = ()  # older spellings of the flag, still accepted
     minimum: float | None = 0
     choices: tuple[str, ...] = ()
     optional: bool = False  # may be unset (None)
+    shown: str = ""  # the default as --help and the docs say it, when not the plain value
+    metavar: str = ""  # the flag's value in --help, when not said by its type
+
+    @property
+    def flag(self) -> str:
+        """The command-line flag: the key with dashes (``max_rss_mb`` -> ``--max-rss-mb``)."""
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def value_name(self) -> str:
+        """What the flag takes, for --help and the docs: MB, SECONDS, N, ..."""
+        if self.metavar:
+            return self.metavar
+        if self.choices:
+            return "|".join(self.choices)
+        if self.name.endswith("_mb"):
+            return "MB"
+        if self.name.endswith("_hours"):
+            return "HOURS"
+        return {float: "SECONDS", int: "N"}.get(self.type, "TEXT")
+
+    @property
+    def shown_default(self) -> str:
+        if self.shown:
+            return self.shown
+        if self.default is None:
+            return "none"
+        return f"{self.default:g}" if isinstance(self.default, float) else str(self.default)
 
 
 _KEY = "qsup.config"  # where _key() keeps the rest of a Field in a dataclass field's metadata
 
 
-def _key(default: Any, help: str, *, flag: str = "", minimum: float | None = 0,
-        choices: tuple[str, ...] = (), optional: bool = False) -> Any:
+def _key(default: Any, help: str, *, aliases: tuple[str, ...] = (), minimum: float | None = 0,
+         choices: tuple[str, ...] = (), optional: bool = False, shown: str = "",
+         metavar: str = "") -> Any:
     """Declare a config key as a field of Config: its name and type come from the
     attribute, the rest of its Field from here. The field has no default of its
     own: load() fills in every key."""
-    spec = {"default": default, "help": help, "flag": flag, "minimum": minimum,
-            "choices": choices, "optional": optional}
+    spec = {"default": default, "help": help, "aliases": aliases, "minimum": minimum,
+            "choices": choices, "optional": optional, "shown": shown, "metavar": metavar}
     return field(metadata={_KEY: spec})
 
 
@@ -58,13 +87,14 @@ class Config:
     """The configuration. Every key is declared once, here, with _key(); FIELDS and
     BY_NAME are read from these declarations."""
 
-    queue: str = _key("spool", "Queue kind (a plugin name): 'spool' is built in.")
-    scanner: str = _key("command", "Scanner kind (a plugin name): 'command' runs --worker.")
-    spool: str = _key(None, "Spool directory (incoming/, outgoing/, quarantine/, tmp/). "
-                      "Default /var/spool/qsup as root, else ./spool.", optional=True)
+    queue: str = _key("spool", "Queue kind (a plugin name): 'spool' is built in.", metavar="KIND")
+    scanner: str = _key("command", "Scanner kind (a plugin name): 'command' runs --worker.",
+                        metavar="KIND")
+    spool: str = _key(None, "Spool directory (incoming/, outgoing/, quarantine/, tmp/).",
+                      optional=True, shown="/var/spool/qsup as root, else ./spool", metavar="DIR")
     worker: str = _key(None, "Worker command, split like a shell would but never run through "
-                       "one; message paths are appended. Default: the bundled demo scanner.",
-                       optional=True)
+                       "one; message paths are appended.", optional=True,
+                       shown="the bundled demo scanner", metavar="COMMAND")
     worker_mode: str = _key("oneshot", "'oneshot': a process per batch; 'persistent': "
                             "long-lived workers read batches on stdin.",
                             choices=("oneshot", "persistent"))
@@ -74,32 +104,35 @@ class Config:
                           "when the worker writes them).")
     startup_allowance: float = _key(10.0, "Seconds added to each batch deadline for start-up.")
     max_rss_mb: int | None = _key(None, "Kill a worker whose process tree's RSS passes this "
-                                  "many MB (ending 'memory').", flag="max-rss", minimum=1,
-                                  optional=True)
+                                  "many MB (ending 'memory').", aliases=("--max-rss",), minimum=1,
+                                  optional=True, shown="no limit")
     rlimit_as_mb: int | None = _key(None, "Optional hard ceiling: RLIMIT_AS for each worker, "
-                                    "in MB.", minimum=1, optional=True)
+                                    "in MB.", minimum=1, optional=True, shown="no limit")
     rss_interval: float = _key(0.05, "Seconds between RSS samples of each worker.")
-    strikes: int = _key(2, "Solo crashes before a message is quarantined.", minimum=1)
+    strikes: int = _key(2, "Crashes blamed on a message before it is quarantined: a crash alone, "
+                        "or one its progress lines pin on it (begun, never done). The last one "
+                        "must happen alone in a fresh worker.", minimum=1)
     max_wait: float = _key(600.0, "Seconds drain waits with the breaker open before it gives "
                            "up (exit 3).")
     storm_limit: int = _key(10, "More distinct messages than this crashing alone within "
                             "storm_window open the breaker.", minimum=1)
     storm_window: float = _key(600.0, "Seconds of the storm window.")
-    canary: str | None = _key(None, "Known-good message run alone before any quarantine. "
-                              "Default: a built-in minimal RFC 5322 message.", optional=True)
+    canary: str | None = _key(None, "Known-good message run alone before any quarantine.",
+                              optional=True, shown="a built-in minimal RFC 5322 message",
+                              metavar="FILE")
     poll_interval: float = _key(1.0, "Seconds between looks at the queue when idle.")
     grace: float = _key(30.0, "Seconds a warm stop lets in-flight batches finish.")
     spare_workers: int | None = _key(None, "Persistent mode: workers started ahead, so a crash "
                                      "or a canary run does not wait for a worker's start-up. "
-                                     "Default: started once something has crashed, as many as "
+                                     "Unset: started once something has crashed, as many as "
                                      "crashes and canaries took over the last minute during one "
                                      "start-up, at least a quarter of the workers plus one.",
-                                     minimum=0, optional=True)
+                                     minimum=0, optional=True, shown="automatic")
     recycle_batches: int = _key(1000, "Persistent workers are replaced after this many "
                                 "batches.", minimum=1)
     recycle_rss_mb: int | None = _key(None, "Persistent workers are replaced when their RSS "
                                       "passes this many MB between batches.", minimum=1,
-                                      optional=True)
+                                      optional=True, shown="no limit")
     history: int = _key(10, "Attempts kept per message (older ones are counted only).",
                         minimum=1)
     recovery_solo_after: int = _key(2, "After a restart, an ID found in flight this many "
@@ -111,29 +144,30 @@ class Config:
     # operator digests (notify.py): off unless notify_to is set
     notify_to: str | None = _key(None, "Operator address(es) for digest mails, comma-separated. "
                                  "Mail only ever goes here, never to a message's sender.",
-                                 optional=True)
+                                 optional=True, shown="none: no digests", metavar="ADDRESS")
     notify_smtp: str | None = _key(None, "Send digests through this SMTP server, HOST:PORT "
-                                   "(STARTTLS when offered).", optional=True)
+                                   "(STARTTLS when offered).", optional=True, metavar="HOST:PORT")
     notify_sendmail: str | None = _key(None, "Send digests through this sendmail program (a path) "
-                                       "instead of SMTP.", optional=True)
-    notify_from: str | None = _key(None, "From: and envelope sender of digests. Default: From "
-                                   "qsup@HOST with the null envelope sender <>.", optional=True)
+                                       "instead of SMTP.", optional=True, metavar="PATH")
+    notify_from: str | None = _key(None, "From: and envelope sender of digests.", optional=True,
+                                   shown="From qsup@HOST, with the null envelope sender <>",
+                                   metavar="ADDRESS")
     notify_digest: float = _key(900.0, "Seconds: at most one digest mail per period.", minimum=1)
     notify_max_per_hour: int = _key(4, "More digests than this in an hour: qsup stops sending "
                                     "(and says so once) until the hour allows again.", minimum=1)
     notify_auth_file: str | None = _key(None, "File with the SMTP AUTH user and password (two "
                                         "lines); else $QSUP_NOTIFY_USER/$QSUP_NOTIFY_PASSWORD. "
-                                        "Never on the command line.", optional=True)
-    # -- operating it (CONTRACT §8): logs, metrics; read at start, not on reload
+                                        "Never on the command line.", optional=True, metavar="FILE")
+    # -- operating it (docs/reference.md §8): logs, metrics; read at start, not on reload
     log: str = _key("stderr", "Where log lines go: 'stderr' (with a timestamp), 'syslog' (the "
                     "local syslog socket, facility mail) or 'journald' (the journal's native "
                     "socket, with structured fields).", choices=("stderr", "syslog", "journald"))
     log_socket: str | None = _key(None, "Socket of log = syslog or journald. Default: /dev/log "
                                   "for syslog, /run/systemd/journal/socket for journald.",
-                                  optional=True)
+                                  optional=True, metavar="PATH", shown="by log")
     metrics_listen: str | None = _key(None, "HOST:PORT to serve Prometheus metrics on at "
                                       "/metrics (e.g. 127.0.0.1:9640). Default: no metrics.",
-                                      optional=True)
+                                      optional=True, metavar="HOST:PORT", shown="off")
     plugin: dict = field(default_factory=dict)  # [plugin.NAME] tables: NAME -> {key: value}
     source: str = "built-in defaults"
     # the keys the file or a flag set ("plugin.NAME" for a plugin's options): what
@@ -237,7 +271,7 @@ def load(path: str | None, overrides: dict[str, Any]) -> Config:
         given.add(f"plugin.{name}")
     for key, value in overrides.items():
         if value is not None:
-            values[key] = check(key, value, f"--{BY_NAME[key].flag or key.replace('_', '-')}")
+            values[key] = check(key, value, BY_NAME[key].flag)
             given.add(key)
     if values["spool"] is None:
         values["spool"] = _default_spool()

@@ -1,4 +1,4 @@
-"""A look at LMDB's data.mdb before LMDB maps it (CONTRACT §5.10).
+"""A look at LMDB's data.mdb before LMDB maps it (docs/reference.md §5.10).
 
 LMDB reads its pages through a memory map: a page past the end of a truncated file
 is a SIGBUS, which no Python code can catch, on every command. So before the store

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import random
+import shlex
 import shutil
 import tempfile
 import time
 
 from quarantine.config import demo_worker_command, load
+from quarantine.errors import ConfigError
 
 # (poison kind, how many) in a demo spool
 POISON = (("segv", 4), ("abort", 2), ("memory", 2), ("hang", 1), ("exit", 1))
@@ -73,17 +75,21 @@ def progress_table(snap: dict, total: int):
     return table
 
 
-def run_demo(count: int, keep: str | None) -> int:
-    from rich.console import Console
+def run_demo(count: int, where: str | None, clean: bool = False) -> int:
     from rich.live import Live
 
     # here, not at the top: tests and benchmarks import build_spool() without all of qsup
     from quarantine.app import build_supervisor, handle_signals, setup_logging
     from quarantine.ops import records
+    from quarantine.views import console as make_console
     from quarantine.views import quarantine_table
 
-    console = Console()
-    base = keep or tempfile.mkdtemp(prefix="qsup-demo-")
+    console = make_console()
+    if where:
+        if os.path.isdir(where) and os.listdir(where):
+            raise ConfigError(f"--dir {where} is not empty: the demo builds a new spool; name a new directory")
+        os.makedirs(where, exist_ok=True)
+    base = where or tempfile.mkdtemp(prefix="qsup-demo-")
     spool, state = os.path.join(base, "spool"), os.path.join(base, "state")
     rng = random.Random(2026)
     kinds = [k for k, n in POISON for _ in range(n)]
@@ -105,10 +111,14 @@ def run_demo(count: int, keep: str | None) -> int:
         return progress_table(sup.snapshot(sup.clock()), count)
 
     try:
-        with Live(view(), console=console, refresh_per_second=8) as live:
-            sup.on_tick = lambda s: live.update(view())
+        if console.is_terminal:
+            with Live(view(), console=console, refresh_per_second=8) as live:
+                sup.on_tick = lambda s: live.update(view())
+                code = sup.serve(follow=False)
+                live.update(view())
+        else:  # no terminal to redraw on: the final table only
             code = sup.serve(follow=False)
-            live.update(view())
+            console.print(view())
         rows = records(store)
     finally:
         store.close()
@@ -117,8 +127,25 @@ def run_demo(count: int, keep: str | None) -> int:
     outgoing = len(os.listdir(os.path.join(spool, "outgoing")))
     console.print(f"delivered {outgoing} to outgoing/, quarantined {len(rows)}, "
                   f"{summary['crashes']} worker crashes, {summary['seconds']:.1f}s.")
-    if keep:
-        console.print(f"Kept in {base}. Try: qsup --state {state} list; qsup --state {state} show ID")
-    else:
+    if clean:
         shutil.rmtree(base, ignore_errors=True)
+        console.print(f"Removed {base} (--clean).")
+    else:
+        for line in inspect_lines(base, state, spool, rows[0]["qid"] if rows else "ID"):
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
     return code
+
+
+def inspect_lines(base: str, state: str, spool: str, qid: str) -> list[str]:
+    """What to type to look at what the demo did (it keeps its spool and state)."""
+    st, q = shlex.quote(state), shlex.quote
+    commands = [
+        (f"qsup --state {st} list", "the quarantine, newest first"),
+        (f"qsup --state {st} show {qid}", "every attempt, how it was isolated, its headers"),
+        (f"qsup --state {st} status", "how the run ended"),
+        (f"ls {q(os.path.join(spool, 'quarantine'))}", "the quarantined files themselves"),
+    ]
+    width = max(len(c) for c, _ in commands)
+    return ([f"Kept in {base} (spool/ and state/). To look at what the demo did:"]
+            + [f"  {c.ljust(width)}   # {why}" for c, why in commands]
+            + [f"Remove it with: rm -r {q(base)}"])

@@ -1,4 +1,4 @@
-"""One exception tree and the exit codes of the contract (CONTRACT §6)."""
+"""One exception tree and the exit codes of the contract (docs/reference.md §6)."""
 
 EXIT_OK = 0  # done
 EXIT_USAGE = 2  # usage or configuration error, with a one-line message naming the bad value

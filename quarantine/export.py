@@ -1,5 +1,5 @@
 """``qsup export``: the journal of a window of time, one record per message and fate,
-as CSV or a JSON array (CONTRACT §2) — what an operator needs to tell affected users
+as CSV or a JSON array (docs/reference.md §2.6) — what an operator needs to tell affected users
 after an incident (seed 004).
 
 Rows are written as they are read (the journal in chunks, see

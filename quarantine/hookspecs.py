@@ -154,7 +154,7 @@ def qsup_queue_identity(config: Any) -> Mapping[str, str] | None:
     Found without opening or changing the queue (no directory made, no lock taken):
     a state directory records the identity of the queue its supervisor ran on, and
     ``drain``, ``run``, ``release``, ``purge``, ``list`` and ``show`` naming another
-    queue are refused before anything is touched (CONTRACT §3). A kind no plugin
+    queue are refused before anything is touched (docs/reference.md §3). A kind no plugin
     answers for is told apart by its name only."""
 
 

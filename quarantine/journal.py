@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from quarantine.hookspecs import Move
 from quarantine.store import Store, Txn
+from quarantine.views import format_ending
 
 log = logging.getLogger("qsup")
 
@@ -64,11 +65,7 @@ def crash_verdict(record: dict) -> str:
     why = record.get("why", "?")
     if record.get("kind") == "orphan":
         return f"orphan: {why}"
-    if record.get("signal"):
-        why += f" {record['signal']}"
-    elif record.get("exit_code") is not None:
-        why += f" exit {record['exit_code']}"
-    return f"crash: {why}"
+    return f"crash: {format_ending(why, record.get('signal'), record.get('exit_code'))}"
 
 
 def message_id(record: dict) -> str:

@@ -1,5 +1,5 @@
 """A lock file that names its holder: one qsup per state directory, one per spool,
-one per Postfix hold queue (CONTRACT §3).
+one per Postfix hold queue (docs/reference.md §3).
 
 The lock is an flock(2) on the file, not the pid written in it: the kernel drops it
 with the holder's descriptor, even after ``kill -9``, so a stale pid never locks

@@ -1,4 +1,4 @@
-"""Operator digests (CONTRACT §8): one mail per period at most, naming every message
+"""Operator digests (docs/reference.md §8.2): one mail per period at most, naming every message
 quarantined in it and every breaker opening; never to a sender, never in a loop.
 
 The events wait in the outbox (:mod:`quarantine.outbox`). The first event after a

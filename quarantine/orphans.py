@@ -1,4 +1,4 @@
-"""Messages in the quarantine that no record names (CONTRACT §3).
+"""Messages in the quarantine that no record names (docs/reference.md §3).
 
 A state directory lost or reset (a fresh one next to a full quarantine/, a restored
 backup) would leave the quarantine's files unknown to ``qsup list``, ``release`` and

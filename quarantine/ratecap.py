@@ -1,4 +1,4 @@
-"""Rate-capped log lines for things that happen once per message (CONTRACT §5.6):
+"""Rate-capped log lines for things that happen once per message (docs/reference.md §5.6):
 a flood of infected mail gives a few lines a minute and a count, not a line each."""
 
 from __future__ import annotations

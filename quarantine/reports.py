@@ -1,10 +1,10 @@
-"""Things a queue reports once, such as odd entries it leaves alone (CONTRACT §3).
+"""Things a queue reports once, such as odd entries it leaves alone (docs/reference.md §3).
 
 A queue notes a line under a key each time it meets the thing (every listing
 meets the same symlink again); :class:`Reports` keeps the first line per key and
 hands it out once through :meth:`Reports.take`, the queue's ``reports()``. The keys
 remembered are capped, so a hostile directory cannot grow qsup's memory
-(CONTRACT §5.6): past the cap, new things go unreported rather than repeated.
+(docs/reference.md §5.6): past the cap, new things go unreported rather than repeated.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The command scanner, a built-in plugin: runs the configured worker command in
-one-shot or persistent mode (CONTRACT §4)."""
+one-shot or persistent mode (docs/reference.md §4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The spool-directory queue (CONTRACT §3), a built-in plugin.
+"""The spool-directory queue (docs/reference.md §3), a built-in plugin.
 
     SPOOL/tmp/         writers create files here, then rename() into incoming/
     SPOOL/incoming/    one regular file per message; the file name is the queue ID

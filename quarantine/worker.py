@@ -8,7 +8,7 @@
     if __name__ == "__main__":
         serve(scan, setup=load_rules)
 
-The same program works in both modes of the worker protocol (CONTRACT §4):
+The same program works in both modes of the worker protocol (docs/reference.md §4):
 
 * one-shot: ``worker PATH…``; progress lines go to ``$QSUP_STATUS_FD``;
 * persistent (``QSUP_PERSISTENT=1``): batches arrive on stdin as
@@ -37,7 +37,7 @@ def _clean(verdict: str | None) -> str:
 
 def status_stream() -> TextIO | None:
     """The line-buffered progress stream of a one-shot worker (``$QSUP_STATUS_FD``),
-    or None when qsup gave none: progress lines are optional (CONTRACT §4)."""
+    or None when qsup gave none: progress lines are optional (docs/reference.md §4)."""
     fd = os.environ.get("QSUP_STATUS_FD")
     if not fd or not fd.isdigit():
         return None

@@ -77,7 +77,7 @@ def test_a_persistent_worker_that_never_reads_its_batch_does_not_block_qsup(qsup
 
 def test_sighup_to_drain_is_a_reload_not_death(qsup, make_spool, tmp_path):
     """Finding 12: SIGHUP killed drain (rc 129, no log line, orphaned workers that
-    the next start counted as deaths). It is a reload (contract §8)."""
+    the next start counted as deaths). It is a reload (docs/reference.md §2.3)."""
     ids = make_spool(40, {})
     started = tmp_path / "started"
     env = {**os.environ, "SLOW_SECONDS": "0.05", "SLOW_STARTED": str(started)}
@@ -141,7 +141,7 @@ def corrupting_spool(spool, count: int, corrupting: int, seed: int) -> list[str]
 def test_heap_corruption_never_gets_an_innocent_quarantined(qsup, corrupting):
     """Finding 1: a message that corrupts a persistent worker without crashing it
     makes the next message that process scans segfault. Alone must mean alone in a
-    fresh process (contract §5.7): 19-23 innocents were quarantined of 1,000 with 200
+    fresh process (docs/reference.md §5.7): 19-23 innocents were quarantined of 1,000 with 200
     such messages (12 with 100)."""
     ids = corrupting_spool(qsup.spool, 1000, corrupting, seed=corrupting)
     proc = qsup.drain("--worker", py("corrupting.py"), "--worker-mode", "persistent", "--workers", "4",
@@ -171,7 +171,7 @@ def test_a_flaky_environment_quarantines_nothing(qsup, make_spool):
     canary included. One canary pass was taken as proof, so about p² of the messages
     collected K strikes by chance (6 of 3,000 quarantined). A message is quarantined
     only when its solo crashes are far beyond what the crash rate seen in canaries
-    and clean batches explains (contract §5.8). drain may give up (exit 3)."""
+    and clean batches explains (docs/reference.md §5.8). drain may give up (exit 3)."""
     ids = make_spool(3000, {})
     proc = qsup.drain("--worker", py("flaky.py"), "--workers", "4", "--batch-size", "30",
                       "--storm-limit", "1000", "--max-wait", "30", timeout=170)

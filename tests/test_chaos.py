@@ -1,6 +1,6 @@
 """Chaos: qsup is killed with SIGKILL at random moments and restarted; in the end
 every message is in exactly one place, none was delivered twice, and every poison
-message is in quarantine (CONTRACT §5.1).
+message is in quarantine (docs/reference.md §5.1).
 
 Repeat with a given seed:  QSUP_CHAOS_SEED=1234 pytest tests/test_chaos.py -s
 """

@@ -1,4 +1,4 @@
-"""The command line as users and scripts see it (CONTRACT §2, §3, §6)."""
+"""The command line as users and scripts see it (docs/reference.md §2, §3, §6)."""
 
 from __future__ import annotations
 
@@ -200,7 +200,7 @@ def test_every_config_key_is_a_flag_and_a_config_attribute(tmp_path):
     assert {f.type for f in FIELDS} == {str, int, float}
     help_text = CliRunner().invoke(cli, ["drain", "--help"], terminal_width=200).output
     for f in FIELDS:
-        assert "--" + (f.flag or f.name.replace("_", "-")) in help_text
+        assert f.flag in help_text and f.flag == "--" + f.name.replace("_", "-")
     path = tmp_path / "qsup.toml"
     path.write_text('workers = 3\ntimeout = 2\n[plugin.x]\nk = "v"\n')
     config = load(str(path), {"batch_size": 7})

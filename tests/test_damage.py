@@ -1,5 +1,5 @@
 """Damage: moves the file system refuses, a damaged state, a full state disk
-(CONTRACT §5.1, §5.10, §6).
+(docs/reference.md §5.1, §5.10, §6).
 
 Each case is one line, ``qsup: error: ...``, and exit 4, never a traceback or a
 signal, and nothing lost. Real means only: a tmpfs for another file system or a

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.timeout(400)
 def test_backlog_with_poison_at_the_head(qsup, make_spool, progress):
     """3,000 messages, 30 poison at the head (a backlog, oldest first), 8 workers,
     batches of 30: innocents delivered, exactly the poison quarantined, nothing
-    lost or duplicated, and the crash bound of CONTRACT §5.5 holds."""
+    lost or duplicated, and the crash bound of docs/reference.md §5.5 holds."""
     poison = {i: "segv" for i in range(30)}
     ids = make_spool(3000, poison)
     worker = DEMO + ("" if progress else " --no-progress")

@@ -1,4 +1,4 @@
-"""The audit trail (CONTRACT §2 `export`): what happened to every message, in a
+"""The audit trail (docs/reference.md §2.6, `export`): what happened to every message, in a
 window of time, as `qsup export` and `qsup show` tell it."""
 
 from __future__ import annotations

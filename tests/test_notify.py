@@ -1,4 +1,4 @@
-"""Operator digests (CONTRACT §8): against a real SMTP server on loopback, a real
+"""Operator digests (docs/reference.md §8.2): against a real SMTP server on loopback, a real
 sendmail program, and the Notifier's schedule on injected wall time."""
 
 from __future__ import annotations

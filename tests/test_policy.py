@@ -113,7 +113,7 @@ def test_innocents_delivered_poison_quarantined_within_the_crash_bound(n, data, 
     bad = {f"M{i}" for i in poison}
     assert quarantined == bad
     assert delivered == {f"M{i}" for i in range(n)} - bad
-    if len(poison) == 1:  # CONTRACT §5.5, for one poison message in a batch
+    if len(poison) == 1:  # docs/reference.md §5.5, for one poison message in a batch
         total = sum(crashes.values())
         bound = k if progress else math.ceil(math.log2(n)) + k if n > 1 else k
         assert total <= bound
@@ -172,7 +172,7 @@ def test_unexplained_crash_when_both_halves_pass():
 def test_the_quarantining_strike_is_always_a_crash_alone_in_a_fresh_process(k, warm, at):
     """A crash blamed by progress lines on a warm worker, or on a message that was not
     the first its process began, is a strike but never the K-th: the message runs alone
-    in a fresh process first (contract §5.7)."""
+    in a fresh process first (docs/reference.md §5.7)."""
     ids = tuple(f"M{i}" for i in range(6))
     culprit = ids[at]
     outcome = Outcome(Ending.SIGNAL, ids[: at + 1], frozenset(ids[:at]), fresh=not warm)

@@ -1,5 +1,5 @@
 """The state directory and a real Postfix hold queue: bound to that queue, lost state
-found as orphans, a message deleted outside qsup never costs its record (CONTRACT §3;
+found as orphans, a message deleted outside qsup never costs its record (docs/reference.md §3;
 issue 12, findings 3 and 4)."""
 
 from __future__ import annotations
