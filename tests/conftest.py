@@ -64,8 +64,11 @@ class Qsup:
 
     def __call__(self, *args: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
         full_env = {**os.environ, **(env or {})}
-        return subprocess.run(self.argv(*args), capture_output=True, text=True, timeout=timeout,
+        proc = subprocess.run(self.argv(*args), capture_output=True, text=True, timeout=timeout,
                               env=full_env, cwd=str(self.state.parent))
+        # Whatever the test is about, qsup answers in one line, never with a traceback.
+        assert "Traceback (most recent call last)" not in proc.stderr, proc.stderr[-3000:]
+        return proc
 
     def drain(self, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
         return self("drain", "--spool", str(self.spool), "--json", *args, timeout=timeout)
