@@ -1,4 +1,4 @@
-"""qsup's log lines (CONTRACT §8): one line per event, with a timestamp, to stderr by
+"""qsup's log lines (docs/reference.md §8): one line per event, with a timestamp, to stderr by
 default, or to the local syslog socket (RFC 3164, facility mail) or the journal's
 native socket (structured fields). A line about one message is logged with
 ``extra={"qid": ID}``: the journal gets it as ``QSUP_QUEUE_ID=``, and the other

@@ -1,4 +1,4 @@
-"""Prometheus metrics (CONTRACT §8): ``metrics_listen = "HOST:PORT"`` serves them at
+"""Prometheus metrics (docs/reference.md §8): ``metrics_listen = "HOST:PORT"`` serves them at
 ``/metrics``.
 
 A custom collector reads qsup's own telemetry at each scrape, so the counts are the

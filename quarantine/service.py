@@ -1,4 +1,4 @@
-"""What qsup tells the world while it serves (CONTRACT §8): the service manager
+"""What qsup tells the world while it serves (docs/reference.md §8): the service manager
 (systemd's READY/STATUS/WATCHDOG/RELOADING/STOPPING) and the metrics server.
 
 Everything here runs from the loop's tick (``Supervisor.on_tick``), once a pass:
