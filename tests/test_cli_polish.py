@@ -183,7 +183,7 @@ def test_list_pages_long_lists_and_says_how_many_more(qsup, mixed):
 
 
 def test_tables_are_not_cramped_without_a_terminal(qsup, mixed):
-    text = qsup("list", "--limit", "3").stdout  # stdout is a pipe here
+    text = qsup("list", "--limit", "3", env={"COLUMNS": ""}).stdout  # a pipe, and no $COLUMNS (xdist sets one)
     widths = {len(line) for line in text.splitlines() if line.startswith(("┏", "│", "└"))}
     assert widths and max(widths) > 80
     assert any("p1@example.org" in line and "About P1" in line for line in text.splitlines())

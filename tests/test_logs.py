@@ -1,4 +1,4 @@
-"""Log lines (CONTRACT §8): a timestamp on each, syslog through the local socket with
+"""Log lines (docs/reference.md §8): a timestamp on each, syslog through the local socket with
 the mail facility, the journal's native protocol with the queue ID as a field. The
 sockets are real ones the tests bind; the drains are real, with a real crash."""
 

@@ -1,4 +1,4 @@
-"""Prometheus metrics (CONTRACT §8): /metrics scraped from a real qsup over HTTP on
+"""Prometheus metrics (docs/reference.md §8): /metrics scraped from a real qsup over HTTP on
 127.0.0.1 while it drains, the contract's names, the counts equal to the drain's
 summary, `promtool check metrics` clean; the example alerts pass promtool."""
 

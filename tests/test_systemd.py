@@ -1,4 +1,4 @@
-"""systemd (CONTRACT §8): `qsup run` under a NOTIFY_SOCKET the test binds: READY=1
+"""systemd (docs/reference.md §8): `qsup run` under a NOTIFY_SOCKET the test binds: READY=1
 once serving, STATUS= lines, WATCHDOG=1 at half of $WATCHDOG_USEC from the loop
 itself (a stuck loop stops pinging), RELOADING=1 on SIGHUP, STOPPING=1 on stop. And
 the shipped unit passes `systemd-analyze verify`."""
