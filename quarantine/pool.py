@@ -53,6 +53,7 @@ class WorkerPool:
     def configure(self, config: Config, scanner: Scanner) -> None:
         self.config, self.scanner = config, scanner
         self._sample.interval = config.rss_interval if config.max_rss_mb else 1.0
+        self._fixed = self._fixed_args()  # once per configuration, not per batch
 
     def _fixed_args(self) -> int:
         """Bytes of a worker's exec besides its paths: environment and command."""
@@ -63,7 +64,7 @@ class WorkerPool:
 
     def fits(self, paths: list[str]) -> bool:
         """Whether a batch of *paths* can be started (a one-shot command line is bounded)."""
-        return self.mode.fits(self._fixed_args(), paths) if not self.mode.persistent else True
+        return self.mode.persistent or self.mode.fits(self._fixed, paths)
 
     # ------------------------------------------------------------------ start
     def all_runs(self) -> list[Run]:
