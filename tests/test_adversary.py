@@ -3,6 +3,7 @@ fixed. Nothing is lost, nobody innocent is blamed, nothing hangs."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -38,6 +39,18 @@ def inflight(state) -> int:
         store.close()
 
 
+@contextlib.contextmanager
+def running(argv: list[str], env: dict | None = None):
+    """A qsup started in the background; killed at the end if it still runs."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 def long_id_spool(spool, count: int) -> list[str]:
     """Messages with 120-character IDs, so a batch's lines outgrow a pipe."""
     ids = build_spool(str(spool), count, {})
@@ -54,21 +67,15 @@ def test_a_persistent_worker_that_never_reads_its_batch_does_not_block_qsup(qsup
     than a pipe holds. qsup must not block in the write: the batch is a hang caught
     by its deadline, and a SIGTERM stops qsup within its grace."""
     ids = long_id_spool(qsup.spool, 1500)
-    proc = subprocess.Popen(qsup.argv("drain", "--spool", str(qsup.spool), "--worker", py("never_reads.py"),
-                                      "--worker-mode", "persistent", "--workers", "1",
-                                      "--batch-size", "1500", "--grace", "1"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with running(qsup.argv("drain", "--spool", str(qsup.spool), "--worker", py("never_reads.py"),
+                           "--worker-mode", "persistent", "--workers", "1",
+                           "--batch-size", "1500", "--grace", "1")) as proc:
         wait_for(lambda: inflight(qsup.state) or proc.poll() is not None, 30, "a batch in flight")
         assert proc.poll() is None, proc.stderr.read()
         time.sleep(1.0)
         sent = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert time.monotonic() - sent < 15, "SIGTERM took too long: qsup was blocked"
     assert proc.returncode == 0, err[-2000:]
     where = assert_conserved(qsup.spool, ids)
@@ -81,17 +88,11 @@ def test_sighup_to_drain_is_a_reload_not_death(qsup, make_spool, tmp_path):
     ids = make_spool(40, {})
     started = tmp_path / "started"
     env = {**os.environ, "SLOW_SECONDS": "0.05", "SLOW_STARTED": str(started)}
-    proc = subprocess.Popen(qsup.argv("drain", "--spool", str(qsup.spool), "--worker", py("slow.py"),
-                                      "--workers", "2", "--batch-size", "5", "--json"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
+    with running(qsup.argv("drain", "--spool", str(qsup.spool), "--worker", py("slow.py"),
+                           "--workers", "2", "--batch-size", "5", "--json"), env) as proc:
         wait_for(started.exists, 30, "a batch in flight")
         proc.send_signal(signal.SIGHUP)
         out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 0, err[-2000:]
     assert "reloaded" in err
     where = assert_conserved(qsup.spool, ids)
@@ -106,9 +107,7 @@ def test_a_reload_that_moves_the_spool_is_refused(qsup, make_spool, tmp_path):
     make_spool(3, {})
     conf = tmp_path / "qsup.toml"
     conf.write_text(f'spool = "{qsup.spool}"\nworker = "{DEMO_CMD}"\npoll_interval = 0.1\n')
-    proc = subprocess.Popen([*qsup.argv("--config", str(conf), "run")], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
+    with running(qsup.argv("--config", str(conf), "run")) as proc:
         wait_for(lambda: len(os.listdir(qsup.spool / "outgoing")) == 3, 30, "the first drain")
         other = tmp_path / "other"
         conf.write_text(f'spool = "{other}"\nworker = "{DEMO_CMD}"\npoll_interval = 0.1\n')
@@ -118,10 +117,6 @@ def test_a_reload_that_moves_the_spool_is_refused(qsup, make_spool, tmp_path):
         wait_for(lambda: len(os.listdir(qsup.spool / "outgoing")) >= 6, 30, "the old spool still served")
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert "reload refused" in err and "spool" in err, err[-2000:]
     assert "configuration reloaded" not in err
     assert not other.exists()
