@@ -26,29 +26,55 @@ CANARY_WAIT = 1.0  # how long candidates wait for other proof before a canary ru
 
 
 class CrashRate:
-    """Crashes per scan of a sound message, over the last *window* seconds: what the
-    environment alone explains. Scans are messages handled and canaries passed;
+    """The crashes the environment alone explains, over the last *window* seconds,
+    per message scanned and per run. Scans are messages handled and canaries passed;
+    runs are batches that scanned everything, canaries, and the crashed runs counted;
     crashes are failed canaries, hunts no part of which crashed, and strikes of
-    messages that then passed alone."""
+    messages that then passed alone.
+
+    Both rates matter: a scanner that fails on some messages whatever they are
+    crashes per message, one that dies in some runs whatever they read crashes per
+    run (one crash in a run of 200 messages is a low rate per message, a high one
+    for a message run alone). :meth:`chance` bounds, under either, the chance that
+    the environment alone gave *s* solo crashes to any message seen in the window."""
 
     def __init__(self, window: float = 3600.0):
         self.window = window
-        self._events: deque[tuple[float, int, int]] = deque()  # (time, scans, crashes)
-        self.scans = self.crashes = 0
+        self._events: deque[tuple[float, int, int, int]] = deque()  # (time, scans, runs, crashes)
+        self.scans = self.runs = self.crashes = 0
 
-    def add(self, now: float, scans: int = 0, crashes: int = 0) -> None:
-        if scans or crashes:
-            self._events.append((now, scans, crashes))
+    def add(self, now: float, scans: int = 0, crashes: int = 0, runs: int = 0) -> None:
+        if scans or crashes or runs:
+            self._events.append((now, scans, runs, crashes))
             self.scans += scans
+            self.runs += runs
             self.crashes += crashes
 
-    def estimate(self, now: float) -> float:
-        """The rate, with a tenth of a crash added so that no evidence is no proof."""
+    def _expire(self, now: float) -> None:
         while self._events and self._events[0][0] < now - self.window:
-            _, scans, crashes = self._events.popleft()
+            _, scans, runs, crashes = self._events.popleft()
             self.scans -= scans
+            self.runs -= runs
             self.crashes -= crashes
+
+    def estimate(self, now: float) -> float:
+        """The rate per message scanned, with a tenth of a crash added so that no
+        evidence is no proof."""
+        self._expire(now)
         return min(1.0, (self.crashes + 0.1) / (self.scans + 1))
+
+    def per_run(self, now: float) -> float:
+        """The rate per run, as :meth:`estimate` is per message."""
+        self._expire(now)
+        return min(1.0, (self.crashes + 0.1) / (self.runs + 1))
+
+    def chance(self, now: float, solo_crashes: int) -> float:
+        """At most the chance that *solo_crashes* crashes of one message, of all those
+        seen, are the environment's doing (a Bonferroni bound over the messages, or
+        the runs, that could each have been struck by luck)."""
+        per_message = max(1, self.scans) * self.estimate(now) ** solo_crashes
+        per_run = max(1, self.runs) * self.per_run(now) ** solo_crashes
+        return min(1.0, max(per_message, per_run))
 
 
 @dataclass(frozen=True)
@@ -94,9 +120,10 @@ class Environment:
                 self.streak_started = now
             self.streak += 1
 
-    def scanned(self, now: float, scans: int, crashes: int = 0) -> None:
-        """Messages handled, and crashes that were the environment's doing."""
-        self.rate.add(now, scans, crashes)
+    def scanned(self, now: float, scans: int, crashes: int = 0, runs: int = 0) -> None:
+        """Messages handled, crashes that were the environment's doing, and the runs
+        they were seen in."""
+        self.rate.add(now, scans, crashes, runs)
         if scans:
             self.stalled = 0.0  # progress
 
@@ -137,10 +164,10 @@ class Environment:
             self.stats["canary_inconclusive"] += 1
             return NOTHING
         if ending is not Ending.OK:
-            self.rate.add(now, crashes=1)
+            self.rate.add(now, crashes=1, runs=1)
             return self.canary_failed(f"{ending.value}{detail_text(detail)}", now)
         self.stats["canary_passes"] += 1
-        self.rate.add(now, scans=1)
+        self.rate.add(now, scans=1, runs=1)
         self.last_pass = started
         self.passed_by = {"by": "canary", "run": run, "pid": detail.get("pid"), "started": started}
         forgive = False

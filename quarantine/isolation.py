@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from collections import Counter, deque
 from collections.abc import Iterator
 
@@ -45,8 +46,9 @@ class Isolation:
     def suspect_ids(self) -> int:
         return sum(len(w.batch.ids) for w in self.suspects)
 
-    def oldest_crash(self) -> float | None:
-        return min((c.crashed_at for c in self.candidates.values()), default=None)
+    def oldest_crash(self, proven: float = -math.inf) -> float | None:
+        """When the oldest candidate without proof (none started after *proven*) crashed."""
+        return min((c.crashed_at for c in self.candidates.values() if c.crashed_at > proven), default=None)
 
     # ---------------------------------------------------------------- dispatch
     def take(self, workers: int, busy: int, suspect_runs: int, clean_waiting: bool) -> list[Waiting]:
@@ -108,7 +110,8 @@ class Isolation:
             pid = f"{e.batch_id}.q{next(self._serial):x}"
             solo = Batch(ids=(qid,), lane=Lane.SUSPECT, path=batch.path)
             w.put("pending", pid, BatchRecord(solo, fps, awaiting=True).to_json())
-            cand = Candidate(qid, fps[qid], now, pid, batch.path, e.sizes.get(qid, 0))
+            cand = Candidate(qid, fps[qid], now, pid, batch.path, e.sizes.get(qid, 0),
+                             awaits=self._unsettled(qid))
             self.candidates[cand.key] = cand
         for qid in decision.requeue:
             self.held.pop(qid, None)
@@ -129,6 +132,8 @@ class Isolation:
         for cand in candidates:
             self.held[cand.qid] = cand.fp
             self.candidates[cand.key] = cand
+        for cand in candidates:  # what crashed before the restart is not known: wait for it all
+            cand.awaits = self._unsettled(cand.qid)
 
     # ------------------------------------------------------------- evidence
     def forgive(self, w: Txn) -> int:
@@ -164,10 +169,25 @@ class Isolation:
         batch = Batch(ids=(cand.qid,), lane=Lane.SUSPECT, path=tuple(cand.path))
         self.hold(w, batch, {cand.qid: cand.fp}, f"again.{next(self._serial):x}")
 
+    def _unsettled(self, qid: str) -> frozenset[str]:
+        """The IDs held (in flight or suspect) that are not candidates, but *qid*:
+        whether their crashes were the environment's is not known yet."""
+        judged = {c.qid for c in self.candidates.values()} | {qid}
+        return frozenset(q for q in self.held if q not in judged)
+
+    def settled(self, cand: Candidate) -> bool:
+        """Whether every message *cand* awaits has gone (delivered, quarantined,
+        back in the queue) or become a candidate too."""
+        if cand.awaits:
+            judged = {c.qid for c in self.candidates.values()}
+            cand.awaits = frozenset(q for q in cand.awaits if q in self.held and q not in judged)
+        return not cand.awaits
+
     def proven(self, before: float) -> list[Candidate]:
         """Candidates whose crash came before proof that started at *before* (the same
-        pass counts: a proof started after the crash was seen)."""
-        ready = [c for c in self.candidates.values() if c.crashed_at <= before]
+        pass counts: a proof started after the crash was seen), once what they await
+        has settled."""
+        ready = [c for c in self.candidates.values() if c.crashed_at <= before and self.settled(c)]
         for cand in ready:
             del self.candidates[cand.key]
         return ready

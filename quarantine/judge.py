@@ -3,15 +3,18 @@ what the evidence convicts: candidates are forgiven, quarantined, or run alone a
 when their crashes are not yet beyond what the environment explains.
 
 A candidate reached K strikes and the environment was proven sound after its
-crash (:class:`~quarantine.environment.Proof`). It is quarantined only if its solo
-crashes are unlikely at the crash rate the environment shows (canaries, clean
-scans, crashes no message explains): with rate p and s crashes, p**s must be below
-``ALPHA`` divided by the scans the rate was measured over (every message scanned is
-a chance for the environment to strike one by luck: a Bonferroni bound over them).
-Otherwise it runs alone again: a poison message crashes again, a sound one passes
-and is delivered (contract §5.8). In a sound environment p is tiny and K crashes
-convict; at 5 % per scan over 3,000 messages it takes five. With ``strikes = 1``
-the operator trusts a single crash, and it convicts.
+crash (:class:`~quarantine.environment.Proof`). It is judged once every message
+held when it last crashed has been settled (their retries say whether crashes were
+the environment's: until then the rate is not known), and quarantined only if its
+solo crashes are unlikely at the crash rate the environment shows (canaries, clean
+runs, crashes no message explains), per message scanned and per run: with rate p
+and s crashes, scans * p**s and runs * p_run**s must both be below ``ALPHA`` (every
+message scanned, every run, is a chance for the environment to strike one by luck:
+a Bonferroni bound over them). Otherwise it runs alone again: a poison message
+crashes again, a sound one passes and is delivered (docs/reference.md §5.8). In a
+sound environment p is tiny and K crashes convict; at 5 % per scan over 3,000
+messages it takes five. With ``strikes = 1`` the operator trusts a single crash,
+and it convicts.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from quarantine.events import Events
 from quarantine.isolation import Isolation
 from quarantine.hookspecs import Queue
 from quarantine.ledger import Candidate, Ledger, strikes_of
-from quarantine.policy import CRASHES, Decision
+from quarantine.policy import CRASHES, Decision, Ending
 from quarantine.ratecap import RateCap
 from quarantine.runs import Ended, detail_text
 from quarantine.store import Txn
@@ -47,7 +50,8 @@ class Judge:
         self.env.batch_ended(ending, ending in CRASHES, now)
         w.delete("batches", e.batch_id)
         noise = self.isolation.record(w, e, decision, now, wall)
-        self.env.scanned(now, len(decision.deliver), noise)
+        ran = 1 if ending is Ending.OK else 0
+        self.env.scanned(now, len(decision.deliver), noise, runs=ran + noise)
         self.env.breaker.delivered(len(decision.deliver), now)
         if decision.systemic:
             said = e.stderr.decode("utf-8", "replace").strip().splitlines()[-1:]
@@ -71,20 +75,21 @@ class Judge:
             return
         with self.ledger.store.read() as r:
             strikes = [strikes_of(r, c.qid, c.fp) for c in proven]
-        again, k = [], self.isolation.config.strikes
-        p, scans = self.env.crash_rate(now), self.env.rate.scans
-        alpha = ALPHA / max(1, scans)
+        again, k, rate = [], self.isolation.config.strikes, self.env.rate
+        p, per_run = rate.estimate(now), rate.per_run(now)
         for cand, s in zip(proven, strikes):
-            evidence = {"crashes": s, "crash_rate": round(p, 6), "scans": scans, "chance": p ** s,
-                        "alpha": alpha, "proof": self.env.proof_of(proof.confirm_before, now)}
-            if k == 1 or p ** s < alpha:
+            chance = rate.chance(now, s)
+            evidence = {"crashes": s, "crash_rate": round(p, 6), "scans": rate.scans,
+                        "run_crash_rate": round(per_run, 6), "runs": rate.runs, "chance": chance,
+                        "alpha": ALPHA, "proof": self.env.proof_of(proof.confirm_before, now)}
+            if k == 1 or chance < ALPHA:
                 self.quarantine(cand, evidence)
             else:
                 again.append(cand)
                 self.stats["more_evidence"] += 1
                 self._said(logging.INFO, "%s: %d solo crash(es) are not beyond what the environment's "
-                           "crash rate (%.2g per scan) explains: it runs alone again", cand.qid, s, p,
-                           qid=cand.qid)
+                           "crash rate (%.2g per scan, %.2g per run) explains: it runs alone again",
+                           cand.qid, s, p, per_run, qid=cand.qid)
         if again:
             with self.ledger.within(w) as tx:
                 for cand in again:

@@ -84,6 +84,7 @@ class Candidate:
     pending: str  # its key in `pending`
     path: tuple[str, ...] = ()
     size: int = 0
+    awaits: frozenset[str] = frozenset()  # IDs held when it crashed, not yet settled
 
     @property
     def key(self) -> str:

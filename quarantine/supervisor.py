@@ -259,7 +259,7 @@ class Supervisor:
         if self.pool.canary is not None:
             return
         flowing = bool(self.intake or self.isolation.suspects)
-        if self.env.canary_due(now, self.isolation.oldest_crash(), flowing):
+        if self.env.canary_due(now, self.isolation.oldest_crash(self.env.last_pass), flowing):
             batch = Batch(ids=(canary.CANARY_ID,), lane=Lane.SUSPECT)
             run = InFlight(f"canary-{self._new_id()}", batch, {canary.CANARY_ID: "canary"}, {})
             self._launch(run, now, canary=True)

@@ -4,6 +4,7 @@ fixed. Nothing is lost, nobody innocent is blamed, nothing hangs."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -175,6 +176,46 @@ def test_a_flaky_environment_quarantines_nothing(qsup, make_spool):
     assert not where["quarantine"], f"innocents quarantined: {sorted(where['quarantine'])}"
     summary = qsup.summary(proc)
     assert summary["crashes"] >= 5, "the scanner never crashed: the test proves nothing"
+
+
+def scripted(tmp_path, plan: dict) -> dict:
+    script = tmp_path / "script.json"
+    script.write_text(json.dumps(plan))
+    return {"SCRIPT": str(script)}
+
+
+def test_a_candidate_is_judged_only_once_earlier_crashes_are_explained(qsup, make_spool, tmp_path):
+    """Found by CI: early in a flaky run, ten batches had crashed and their culprits
+    were still waiting to run alone when one of them crashed alone again: the rate
+    counted only crashes already shown to be the environment's (none yet), and the
+    message was quarantined on two crashes. Replayed exactly: three of the first
+    thirty messages crash once, M000000 twice; the others' retries are slow. Judged
+    when those retries have passed, two crashes at a 10 % crash rate convict nothing."""
+    ids = make_spool(30, {})
+    env = scripted(tmp_path, {"M000000": ["crash", "crash"], "M000010": ["crash", "slow"],
+                              "M000020": ["crash", "slow"]})
+    proc = qsup("drain", "--spool", str(qsup.spool), "--json", "--worker", py("scripted.py"),
+                "--workers", "3", "--batch-size", "10", "--max-wait", "30", timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    where = assert_conserved(qsup.spool, ids)
+    assert not where["quarantine"], proc.stderr[-3000:]
+    assert qsup.summary(proc)["crashes"] >= 4, "the script did not run: the test proves nothing"
+
+
+def test_crashes_are_weighed_per_run_as_well_as_per_message(qsup, make_spool, tmp_path):
+    """A scanner that dies in some runs whatever it reads crashes once per run, not
+    once per message: three crashes in a dozen runs of 200 messages are a high rate
+    for a message run alone, though a low one per message scanned. A message that
+    then crashes twice alone is not beyond what the environment explains."""
+    ids = make_spool(2000, {})
+    env = scripted(tmp_path, {"M000000": ["crash"], "M000200": ["crash"], "M000400": ["crash"],
+                              "M001400": ["crash", "crash"]})
+    proc = qsup("drain", "--spool", str(qsup.spool), "--json", "--worker", py("scripted.py"),
+                "--workers", "2", "--batch-size", "200", "--max-wait", "30", timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    where = assert_conserved(qsup.spool, ids)
+    assert not where["quarantine"], proc.stderr[-3000:]
+    assert qsup.summary(proc)["crashes"] >= 5, "the script did not run: the test proves nothing"
 
 
 def test_a_batch_too_long_for_the_command_line_is_made_to_fit(qsup, tmp_path):
