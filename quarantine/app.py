@@ -34,11 +34,14 @@ def build_supervisor(state_dir: str, config: Config, mode: str,
         raise ConfigError(f"queue: unknown kind {config.queue!r} (known: {', '.join(sorted(queues))})")
     if config.scanner not in scanners:
         raise ConfigError(f"scanner: unknown kind {config.scanner!r} (known: {', '.join(sorted(scanners))})")
+    scanner = scanners[config.scanner](config)  # a configuration error touches nothing
+    identity = binding.named(plugins, config)
     store = Store(state_dir, map_mb=config.map_size_mb)
     try:
-        binding.bind(store, binding.named(plugins, config))  # before the queue is touched
+        new = binding.bind(store, identity)  # before the queue is touched
         queue = queues[config.queue](config)
-        scanner = scanners[config.scanner](config)
+        if new:
+            binding.record(store, identity)
         orphans.adopt(store, queue, time.time())  # a lost state's quarantine, never ignored
     except OSError as exc:
         store.close()

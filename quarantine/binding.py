@@ -85,17 +85,22 @@ def recorded_in(state: str) -> Binding | None:
         store.close()
 
 
-def bind(store: Store, mine: Binding) -> None:
-    """For drain and run: record *mine* in a new state directory, or check that the
-    state directory belongs to it."""
-    with store.write() as w:
-        found = recorded(w)
-        if found is None:
-            w.put("meta", KEY, mine.to_json())
-            return
-    if found != mine:
+def bind(store: Store, mine: Binding) -> bool:
+    """For drain and run: check that the state directory belongs to *mine*. True if
+    it is new: then :func:`record` binds it, once the queue has opened (a queue that
+    cannot, a mistyped spool say, leaves the state bound to nothing)."""
+    with store.read() as r:
+        found = recorded(r)
+    if found is not None and found != mine:
         raise ConfigError(f"state directory {store.path} belongs to {found}, not {mine} "
                           f"(one state directory per queue: give {mine} a --state of its own)")
+    return found is None
+
+
+def record(store: Store, mine: Binding) -> None:
+    with store.write() as w:
+        if recorded(w) is None:
+            w.put("meta", KEY, mine.to_json())
 
 
 def resolve(plugins: Plugins, config: Config, found: Binding | None, state: str) -> Config:

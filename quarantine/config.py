@@ -94,7 +94,8 @@ class Config:
                       optional=True, shown="/var/spool/qsup as root, else ./spool", metavar="DIR")
     worker: str = _key(None, "Worker command, split like a shell would but never run through "
                        "one; message paths are appended.", optional=True,
-                       shown="the bundled demo scanner", metavar="COMMAND")
+                       shown="none: drain and run refuse to start without a scanner",
+                       metavar="COMMAND")
     worker_mode: str = _key("oneshot", "'oneshot': a process per batch; 'persistent': "
                             "long-lived workers read batches on stdin.",
                             choices=("oneshot", "persistent"))
@@ -182,6 +183,11 @@ class Config:
 
     @property
     def worker_argv(self) -> list[str]:
+        if self.worker is None:
+            raise ConfigError("worker: no scanner configured: give --worker COMMAND (a program of "
+                              "the worker protocol, docs/reference.md §4), worker = \"COMMAND\" in "
+                              "the config file, or a scanner plugin with --scanner KIND; `qsup demo` "
+                              "runs the bundled demo scanner")
         try:
             argv = shlex.split(self.worker)
         except ValueError as exc:
@@ -275,8 +281,6 @@ def load(path: str | None, overrides: dict[str, Any]) -> Config:
             given.add(key)
     if values["spool"] is None:
         values["spool"] = _default_spool()
-    if values["worker"] is None:
-        values["worker"] = demo_worker_command()
     return Config(**values, plugin=plugin, source=source, given=frozenset(given))
 
 

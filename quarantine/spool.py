@@ -103,6 +103,7 @@ class SpoolQueue:
         """The spool in *root*; with *lock*, held against any other qsup (whatever its
         state directory) until :meth:`close`, or until the queue is dropped."""
         self.root = os.path.abspath(root)
+        must_exist(self.root)
         self._dirs = {sub: os.path.join(self.root, sub) for sub in SUBDIRS}
         for sub in SUBDIRS:
             os.makedirs(self.dir(sub), mode=0o700 if sub == "quarantine" else 0o755, exist_ok=True)
@@ -341,6 +342,13 @@ def _same_file(a: str, b: str) -> bool:
     except FileNotFoundError:
         return False
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def must_exist(root: str) -> None:
+    """A spool that does not exist is a mistyped path or a missing mount, never made."""
+    if not os.path.lexists(root):
+        raise ConfigError(f"spool: {root} does not exist: create it (mkdir -p {root}) or give "
+                          f"--spool DIR; qsup makes incoming/, outgoing/, quarantine/ and tmp/ in it")
 
 
 def open_spool(root: str, lock: bool = False) -> SpoolQueue:

@@ -109,7 +109,9 @@ def format_evidence(evidence: dict | None, when: float | None) -> list[str]:
     if not evidence:
         return []
     lines = [f"evidence {evidence.get('crashes', '?')} solo crash(es); the environment's crash rate "
-             f"{evidence.get('crash_rate', 0):.2g} per scan over {evidence.get('scans', 0)} scan(s); "
+             f"{evidence.get('crash_rate', 0):.2g} per scan over {evidence.get('scans', 0)} scan(s)"
+             + (f", {evidence['run_crash_rate']:.2g} per run over {evidence.get('runs', 0)} run(s)"
+                if "run_crash_rate" in evidence else "") + "; "
              f"chance {evidence.get('chance', 0):.2g} (convicts below {evidence.get('alpha', 0):.2g})"]
     proof = evidence.get("proof") or {}
     if proof:

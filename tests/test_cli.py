@@ -153,7 +153,8 @@ def test_help_documents_exit_codes_and_commands(qsup):
 def test_unwritable_state_exits_4(qsup, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    proc = qsup("--state", str(blocker / "sub"), "drain", "--spool", str(tmp_path / "s"))
+    (tmp_path / "s").mkdir()
+    proc = qsup("--state", str(blocker / "sub"), "drain", "--spool", str(tmp_path / "s"), "--worker", DEMO)
     assert proc.returncode == 4 and "Traceback" not in proc.stderr
 
 

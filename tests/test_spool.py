@@ -12,6 +12,7 @@ from quarantine.spool import SpoolQueue
 
 
 def test_listing_in_slices_is_the_oldest_first_listing(tmp_path):
+    (tmp_path / "spool").mkdir(exist_ok=True)
     queue = SpoolQueue(str(tmp_path / "spool"))
     incoming = tmp_path / "spool" / "incoming"
     rng = random.Random(5)
@@ -59,6 +60,7 @@ def test_reports_say_each_key_once_and_remember_a_bounded_number(tmp_path):
     assert reports.take() == ["a is odd", "b is odd", "c is odd"]  # d: past the cap
     assert reports.take() == [] and "a" in reports and "d" not in reports
 
+    (tmp_path / "spool").mkdir(exist_ok=True)
     queue = SpoolQueue(str(tmp_path / "spool"))
     os.mkfifo(tmp_path / "spool" / "incoming" / "FIFO1")
     for _ in range(2):

@@ -112,6 +112,7 @@ def test_a_quarantined_file_with_a_header_added_is_still_that_message(mail, make
 def test_releasing_a_changed_quarantined_file_is_idempotent(tmp_path):
     from quarantine.spool import SpoolQueue
 
+    (tmp_path / "spool").mkdir(exist_ok=True)
     queue = SpoolQueue(str(tmp_path / "spool"))
     (tmp_path / "spool" / "incoming" / "M1").write_bytes(make_message(1))
     _, fp = queue.identify("M1")
