@@ -95,6 +95,7 @@ def measure(count: int) -> dict:
                               "inject_seconds": round(inject_a, 1)},
             "qsup_noop": {"seconds": round(drained, 3), "rate": round(count / drained, 1),
                           "inject_seconds": round(inject_b, 1), "delivered": summary.get("delivered"),
+                          "qsup_seconds": summary.get("seconds"),  # inside qsup, start-up excluded
                           "workers": 2, "batch_size": 200}}
 
 
