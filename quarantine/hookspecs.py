@@ -104,7 +104,17 @@ class Queue(Protocol):
         message vanished from under qsup) or ``"taken"`` (nothing moved: another
         message holds the name :meth:`plan` chose; plan again). Never overwrites
         another message. A move the queue refuses raises ``QueueError`` (exit 4)
-        naming it, with the message left where it was."""
+        naming it, with the message left where it was.
+
+        Optional companion, for queues where one move at a time is costly:
+        ``apply_all(moves) -> list[str]`` makes several moves at once (a pass's
+        deliveries, an interrupted group replayed at start) and returns one of
+        the same results per move, in order. Same contract as ``apply``:
+        idempotent, safe to replay after ``kill -9`` at any instant; a refusal
+        raises ``QueueError`` and the group's intent is replayed at the next start
+        (moves already made then answer ``"already"``). ``quarantine.moves``
+        calls it when the queue has it, else ``apply`` per move (see
+        ``PostfixQueue.apply_all``)."""
 
     def head(self, location: str, name: str, limit: int) -> bytes:
         """Up to *limit* bytes from the start of a message in *location*

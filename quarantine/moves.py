@@ -6,7 +6,9 @@ the queue makes any of its moves, and cleared, with the records that follow the
 moves, after. A qsup killed at any instant finishes the group on its next start
 (:func:`finish_pending`). ``Queue.apply`` is idempotent, which is what makes
 replaying an intent safe; it is also why the clearing may wait for the next
-durable commit (the supervisor groups it with its next pass).
+durable commit (the supervisor groups it with its next pass). A queue that can
+make several moves at once (the optional ``Queue.apply_all``) is given the moves
+not made yet together, with the same results and the same idempotence.
 
 A move the queue refuses (``QueueError``) leaves the message where it was and its
 intent on disk, so the next start finishes it once the cause is fixed; except a
@@ -41,17 +43,32 @@ def make(queue: Queue, moves: list[Move]) -> list[str]:
     """Make the moves (their intent is on disk); the queue's result for each. A
     refused move, or a name taken since it was chosen, stops here (QueueError): the
     intent stays, and the next start finishes the group."""
-    results = []
-    for m in moves:
-        try:
-            result = queue.apply(m)
-        except QueueError as exc:
-            raise QueueError(f"{exc}; left where it is, the next start retries the move") from None
+    results: list[str | None] = [None] * len(moves)
+    try:
+        _apply(queue, moves, results)
+    except QueueError as exc:
+        raise QueueError(f"{exc}; left where it is, the next start retries the move") from None
+    for m, result in zip(moves, results):
         if result == "taken":
             raise QueueError(f"cannot move {m.qid} to {m.dest}/{m.name}: the name was taken "
                              f"since it was chosen; the next start chooses another")
-        results.append(result)
     return results
+
+
+def _apply(queue: Queue, group: list[Move], results: list[str | None]) -> None:
+    """Make the moves not made yet (None in *results*), filling in their results: in
+    one ``apply_all`` call if the queue has one, else one by one as they are made."""
+    todo = [i for i, r in enumerate(results) if r is None]
+    apply_all = getattr(queue, "apply_all", None)
+    if apply_all is None or len(todo) < 2:
+        for i in todo:
+            results[i] = queue.apply(group[i])
+        return
+    made = apply_all([group[i] for i in todo])
+    if len(made) != len(todo):
+        raise QueueError(f"{queue.name}: apply_all answered {len(made)} results for {len(todo)} moves")
+    for i, result in zip(todo, made):
+        results[i] = result
 
 
 def _make_renaming(store: Store, queue: Queue, key: str, group: list[Move], extra: dict,
@@ -60,9 +77,7 @@ def _make_renaming(store: Store, queue: Queue, key: str, group: list[Move], extr
     are made). A move whose name was taken gets another, written to the intent
     first: the group (the list itself) then holds the names the moves went to."""
     for _ in range(_CHOICES):
-        for i, m in enumerate(group):
-            if results[i] is None:
-                results[i] = queue.apply(m)
+        _apply(queue, group, results)
         taken = [i for i, r in enumerate(results) if r == "taken"]
         if not taken:
             return results

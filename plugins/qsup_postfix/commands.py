@@ -1,5 +1,6 @@
 """Postfix's own commands, run for one Postfix instance: postconf, postcat, postsuper,
-postqueue. Always an argv list, never a shell; every queue ID is checked first.
+postqueue, postkick. Always an argv list, never a shell; every queue ID is checked
+first (also those written to a command's stdin, one a line).
 
 Postfix's commands say less with their exit status than one would hope:
 ``postsuper -H ID`` and ``postsuper -d ID`` exit 0 for an unknown ID, so the count
@@ -21,6 +22,7 @@ log = logging.getLogger("qsup.postfix")
 
 SBIN = ("/usr/sbin", "/usr/local/sbin", "/sbin", "/usr/lib/postfix/sbin")
 _RELEASED = re.compile(rb"Released from hold: (\d+) messages?")
+_RELEASED_ONE = re.compile(rb"^postsuper: ([A-Za-z0-9]+): released from hold$", re.M)
 _DELETED = re.compile(rb"Deleted: (\d+) messages?")
 _NO_QUEUE_FILE = b"open queue file"  # postcat: "fatal: open queue file ID: No such file …"
 
@@ -62,11 +64,13 @@ class Postfix:
         conf = ["-c", self.config_directory] if self.config_directory else []
         return [os.path.join(self.bindir, program), *conf, *args]
 
-    def _run(self, program: str, *args: str, stdout=subprocess.PIPE) -> subprocess.CompletedProcess:
+    def _run(self, program: str, *args: str, stdout=subprocess.PIPE,
+             feed: bytes | None = None) -> subprocess.CompletedProcess:
         argv = self.argv(program, *args)
+        stdin = {"input": feed} if feed is not None else {"stdin": subprocess.DEVNULL}
         try:
-            return subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE,
-                                  timeout=self.timeout, check=False)
+            return subprocess.run(argv, stdout=stdout, stderr=subprocess.PIPE, timeout=self.timeout,
+                                  check=False, **stdin)
         except subprocess.TimeoutExpired:
             raise PostfixError(f"{program} {' '.join(args)}: no answer within {self.timeout:.0f}s") from None
         except OSError as exc:
@@ -104,6 +108,23 @@ class Postfix:
         _check(qid)
         return self._counted("Released from hold", _RELEASED, "-H", qid, "hold")
 
+    def release_many(self, qids: list[str]) -> set[str]:
+        """``postsuper -H - hold``, the IDs on stdin: the IDs it says it released. Its
+        count must agree with the lines naming them, or its answer is not understood."""
+        for qid in qids:
+            _check(qid)
+        feed = "".join(f"{qid}\n" for qid in qids).encode()
+        cp = self._run("postsuper", "-H", "-", "hold", feed=feed)
+        found = _RELEASED.search(cp.stderr)
+        released = {m.decode() for m in _RELEASED_ONE.findall(cp.stderr)}
+        if cp.returncode != 0 or found is None or int(found.group(1)) != len(released):
+            raise PostfixError(f"postsuper -H - hold ({len(qids)} IDs): exit {cp.returncode}, "
+                               f"no 'Released from hold' count that agrees: {_one_line(cp.stderr)}")
+        if not released <= set(qids):
+            raise PostfixError(f"postsuper -H - hold released IDs it was not given: "
+                               f"{', '.join(sorted(released - set(qids))[:5])}")
+        return released
+
     def delete(self, qid: str) -> int:
         """``postsuper -d ID hold``: how many messages it says it deleted (0 or 1)."""
         _check(qid)
@@ -125,6 +146,21 @@ class Postfix:
         if cp.returncode != 0:
             log.warning("postqueue -i %s failed (%s); Postfix delivers it at its next queue run",
                         qid, _one_line(cp.stderr), extra={"qid": qid})
+
+
+    def kick(self) -> None:
+        """Have the queue manager look at the deferred queue now (``postkick public qmgr
+        D``), where ``postsuper -H`` puts released mail: it leaves now, not at the next
+        queue run. One request for any number of messages, and unlike ``postqueue -f``
+        it neither retries deferred mail before its time nor forgets dead destinations.
+        Only a nudge: if it fails, ``postqueue -f``; if that fails too, it is logged."""
+        cp = self._run("postkick", "public", "qmgr", "D")
+        if cp.returncode == 0:
+            return
+        flush = self._run("postqueue", "-f")
+        if flush.returncode != 0:
+            log.warning("postkick public qmgr D failed (%s), and postqueue -f (%s): Postfix delivers "
+                        "released mail at its next queue run", _one_line(cp.stderr), _one_line(flush.stderr))
 
 
 def _check(qid: str) -> None:

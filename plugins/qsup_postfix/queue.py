@@ -7,7 +7,10 @@ qsup takes the held messages, has them scanned and moves each one:
 move           what happens in Postfix
 =============  =========================================================================
 → outgoing     ``postsuper -H ID`` (checked: "Released from hold: 1 message"), then
-               ``postqueue -i ID`` so it leaves now, not at the next queue run
+               ``postqueue -i ID`` so it leaves now, not at the next queue run; a
+               pass's deliveries together (:meth:`PostfixQueue.apply_all`): one
+               ``postsuper -H - hold`` with the IDs on stdin (each checked: still on
+               hold afterwards is an error), then one ``postkick public qmgr D``
 → quarantine   stays on hold; a copy goes into the quarantine store with a *claim*
                that hides it from :meth:`PostfixQueue.pending`
 → incoming     (``qsup release``) the claim and the copy go; the held message is
@@ -19,7 +22,9 @@ Waiting messages are read from ``queue_directory/hold`` directly (what MailScann
 does): a directory listing and a ``stat`` per file, where ``postqueue -j`` would have
 showq open every queue file of every queue on each look. A message is identified by
 its raw queue file: size plus a hash of its first 4 KiB (no body is read). The
-scanner gets ``postcat -bh -q ID`` in a private 0700 directory, one file per ID.
+scanner gets what ``postcat -bh -q ID`` prints, in a private 0700 directory, one file
+per ID: read from the queue file directly (:mod:`qsup_postfix.queuefile`) when it is
+small and laid out as expected, else from postcat.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import stat
 import time
 from collections.abc import Callable, Iterator
 
+from qsup_postfix import queuefile
 from qsup_postfix.commands import Postfix, PostfixError
 from qsup_postfix.store import QuarantineStore
 from quarantine.hookspecs import MessageRef, Move, Quarantined
@@ -46,6 +52,7 @@ _READY = stat.S_IRWXU  # Postfix marks a complete queue file with mode 0700
 _HASH_DIR = re.compile(r"[0-9A-Fa-f]")
 _DURATION = re.compile(r"(\d+)\s*([smhdw]?)")
 _UNITS = {"": 86400, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}  # Postfix: bare = days
+_DIRECT_MAX = 256 * 1024  # bigger queue files: postcat, whose start-up is small beside them
 
 
 def content_size(head: bytes) -> int | None:
@@ -218,11 +225,28 @@ class PostfixQueue:
         try:
             # Gone since it was identified: the scanner sees an empty file and the
             # move that follows finds the message gone.
-            self.postfix.cat(qid, fd)
+            self._cat(qid, fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
         return path
+
+    def _cat(self, qid: str, fd: int) -> bool:
+        """The message's content into *fd* (empty), as ``postcat -bh -q ID`` prints it."""
+        path = self._path(qid)
+        try:
+            small = path is not None and os.lstat(path).st_size <= _DIRECT_MAX
+        except OSError:
+            small = False
+        if small:
+            try:
+                if queuefile.copy_content(path, fd):
+                    return True
+            except queuefile.NotUnderstood as exc:
+                log.debug("%s: queue file read by postcat (%s)", qid, exc, extra={"qid": qid})
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+        return self.postfix.cat(qid, fd)
 
     def scan_done(self, qid: str) -> None:
         if is_queue_id(qid):
@@ -262,12 +286,67 @@ class PostfixQueue:
             return "moved"
         raise ValueError(f"no such move for the Postfix queue: {move.origin} -> {move.dest}")
 
-    def _release(self, qid: str, fp: str) -> None:
+    def apply_all(self, moves: list[Move]) -> list[str]:
+        """:meth:`apply` for each move, the releases from hold made together: one
+        ``postsuper -H - hold`` and one queue-manager kick for the lot (each a process,
+        where one of each per message would cost more than the scan). Idempotent like
+        :meth:`apply`: a replay finds the released ones gone from hold ("already")."""
+        results: list[str | None] = [None] * len(moves)
+        batch: dict[str, tuple[int, float | None]] = {}  # queue ID -> (index, arrival)
+        kick = False
+        for i, move in enumerate(moves):
+            if not self._batchable(move):
+                results[i] = self.apply(move)
+                continue
+            ident = self.identify(move.qid)
+            if ident is None:
+                results[i], kick = "already", True  # released before a restart: kick again
+            elif ident[1] != move.fp or move.qid in batch:
+                results[i] = "already"  # a new message reusing the ID: never released unscanned
+            else:
+                batch[move.qid] = (i, self._arrival(move.qid))
+        for qid, result in self._release_many(moves, batch).items():
+            results[batch[qid][0]] = result
+        if kick or batch:
+            self.postfix.kick()
+        return results
+
+    @staticmethod
+    def _batchable(move: Move) -> bool:
+        names = (move.qid, move.name) + ((move.source,) if move.source else ())
+        return move.origin == "incoming" and move.dest == "outgoing" and all(is_queue_id(n) for n in names)
+
+    def _arrival(self, qid: str) -> float | None:
         path = self._path(qid)
         try:
-            arrived = os.stat(path).st_mtime if path else None
+            return os.stat(path).st_mtime if path else None
         except OSError:
-            arrived = None
+            return None
+
+    def _release_many(self, moves: list[Move], batch: dict[str, tuple[int, float | None]]) -> dict[str, str]:
+        """Release the batch from hold: queue ID -> result. One that Postfix did not
+        release and that is still on hold is an error (nothing is taken for done)."""
+        if not batch:
+            return {}
+        try:
+            released = self.postfix.release_many(list(batch))
+        except PostfixError as exc:  # it may have released some before it stopped
+            stuck = self._still_held(moves, batch, set())
+            raise PostfixError(f"{exc}; still on hold: {', '.join(stuck[:10]) or 'none'}") from None
+        stuck = self._still_held(moves, batch, released)
+        if stuck:
+            raise PostfixError(f"postsuper -H - hold released {len(released)} of {len(batch)} messages; "
+                               f"still on hold: {', '.join(stuck[:10])}")
+        for qid in released:
+            self._warn_if_old(qid, batch[qid][1])
+        # Not released and not on hold: released or deleted by someone else meanwhile.
+        return {qid: "moved" if qid in released else "already" for qid in batch}
+
+    def _still_held(self, moves: list[Move], batch: dict, released: set[str]) -> list[str]:
+        return [q for q in batch if q not in released and self._held(q, moves[batch[q][0]].fp)]
+
+    def _release(self, qid: str, fp: str) -> None:
+        arrived = self._arrival(qid)
         released = self.postfix.release(qid)
         if released != 1 and self._held(qid, fp):
             raise PostfixError(f"postsuper -H {qid} released {released} messages, but {qid} is still on hold")
