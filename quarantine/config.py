@@ -169,6 +169,15 @@ class Config:
     metrics_listen: str | None = _key(None, "HOST:PORT to serve Prometheus metrics on at "
                                       "/metrics (e.g. 127.0.0.1:9640). Default: no metrics.",
                                       optional=True, metavar="HOST:PORT", shown="off")
+    # -- verdicts (docs/reference.md §7): what a scanner's answer does to a message
+    on_infected: str = _key("quarantine", "An 'infected NAME' verdict: 'quarantine' (kind "
+                            "infected, never delivered) or 'deliver'.", choices=("quarantine", "deliver"))
+    on_spam: str = _key("tag", "A 'spam S/T' verdict: 'tag' (delivered with X-Spam-Flag: YES and "
+                        "X-Spam-Status), 'quarantine' (kind spam) or 'deliver' (unchanged).",
+                        choices=("tag", "quarantine", "deliver"))
+    spam_quarantine_score: float | None = _key(None, "Spam scoring this or more is quarantined "
+                                               "(kind spam) whatever on_spam says.", optional=True,
+                                               minimum=None, metavar="SCORE", shown="none")
     plugin: dict = field(default_factory=dict)  # [plugin.NAME] tables: NAME -> {key: value}
     source: str = "built-in defaults"
     # the keys the file or a flag set ("plugin.NAME" for a plugin's options): what

@@ -51,6 +51,8 @@ class Move:
     source: str = ""  # its name there, if not the queue ID (a quarantined file)
     ino: int = 0  # the file's inode when it was fingerprinted, if the queue knows it: a
     # scanner may edit a message in place during its batch, and it is still that message
+    tag: tuple = ()  # (name, value) header lines to add on the way (a spam verdict), for
+    # a queue with ``can_tag``; a replay must add them once, never twice
 
 
 @dataclass(frozen=True)

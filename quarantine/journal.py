@@ -61,8 +61,11 @@ class Row:
 
 
 def crash_verdict(record: dict) -> str:
-    """The verdict column of a quarantine: the crash kind and its signal or exit code."""
+    """The verdict column of a quarantine: the crash kind and its signal or exit code,
+    or the scanner's verdict that quarantined it (infected NAME, spam S/T)."""
     why = record.get("why", "?")
+    if record.get("kind") in ("infected", "spam"):
+        return record.get("verdict") or why
     if record.get("kind") == "orphan":
         return f"orphan: {why}"
     return f"crash: {format_ending(why, record.get('signal'), record.get('exit_code'))}"

@@ -19,18 +19,20 @@ and it convicts.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter
 
 from quarantine.environment import Environment, Proof
 from quarantine.events import Events
 from quarantine.isolation import Isolation
-from quarantine.hookspecs import Queue
+from quarantine.hookspecs import Move, Queue
 from quarantine.ledger import Candidate, Ledger, strikes_of
 from quarantine.policy import CRASHES, Decision, Ending
 from quarantine.ratecap import RateCap
 from quarantine.runs import Ended, detail_text
 from quarantine.store import Txn
+from quarantine.verdicts import Action
 
 log = logging.getLogger("qsup")
 ALPHA = 0.01  # most chance, over all messages scanned, that the environment alone convicts one
@@ -42,6 +44,7 @@ class Judge:
         self.env, self.isolation, self.ledger, self.queue = env, isolation, ledger, queue
         self.events, self.stats = events, stats
         self._said = RateCap(log, per_window=10, window=60.0, clock=clock)
+        self._untaggable = False
 
     def ended(self, w: Txn, e: Ended, decision: Decision, now: float, wall: float) -> None:
         """Record one ended batch: for its messages (isolation) and for what it says
@@ -94,6 +97,32 @@ class Judge:
             with self.ledger.within(w) as tx:
                 for cand in again:
                     self.isolation.again(tx, cand)
+
+    def quarantine_verdict(self, e: Ended, qid: str, act: Action) -> dict | None:
+        """Quarantine what the scanner's verdict says must not be delivered (kind
+        infected or spam): its answer, not a crash. None if the message vanished."""
+        verdict = e.verdicts.get(qid, "")
+        record = self.ledger.quarantine_verdict(qid, e.fps[qid], e.sizes.get(qid, 0), e.batch_id,
+                                                act.kind, verdict)
+        if record is None:
+            return None
+        self.stats["quarantined"] += 1
+        self.stats[f"quarantined_{act.kind}"] += 1
+        log.warning("quarantined %s (%s: %s): from %s, subject %s", qid, act.kind, act.name or verdict,
+                    record["sender"] or "?", record["subject"] or "?", extra={"qid": qid})
+        self.events.quarantined(record=record)
+        return record
+
+    def tagged(self, move: Move, act: Action) -> Move:
+        """*move* adding *act*'s headers, where the queue can; else as it is, said once."""
+        if getattr(self.queue, "can_tag", False):
+            self.stats["tagged"] += 1
+            return dataclasses.replace(move, tag=act.headers)
+        if not self._untaggable:
+            self._untaggable = True
+            log.warning("the %s queue cannot add headers: spam is delivered untagged (set on_spam "
+                        "= quarantine or spam_quarantine_score to hold it back)", self.queue.name)
+        return move
 
     def quarantine(self, cand: Candidate, evidence: dict) -> None:
         record = self.ledger.quarantine(cand, evidence)

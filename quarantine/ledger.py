@@ -209,11 +209,31 @@ class Ledger:
                   "subject": subject, "headers": headers, "path": list(cand.path),
                   "queue": self.queue.name, "evidence": evidence, "state": "moving",
                   "batch": attempts[-1].get("batch", ""), "scanner": self.journal.scanner()}
-        mv = self.queue.plan(cand.qid, cand.fp, "quarantine")
-        ikey, extra = f"quarantine/{cand.key}", {"record": record}
+        return self._quarantine(record, pending=cand.pending)
+
+    def quarantine_verdict(self, qid: str, fp: str, size: int, batch: str, kind: str,
+                           verdict: str) -> dict | None:
+        """A message the scanner's verdict quarantines (kind infected or spam): never a
+        crash, no strikes. The same write-ahead path as a poison message's."""
+        sender, subject, headers = summary(self.queue.head("incoming", qid, HEAD_BYTES))
+        record = {"qid": qid, "fp": fp, "key": message_key(qid, fp), "when": self.wall(),
+                  "kind": kind, "why": kind, "verdict": verdict, "signal": None,
+                  "exit_code": None, "peak_rss": 0, "strikes": 0, "size": size, "sender": sender,
+                  "subject": subject, "headers": headers, "path": [], "queue": self.queue.name,
+                  "evidence": None, "state": "moving", "batch": batch, "scanner": self.journal.scanner()}
+        return self._quarantine(record)
+
+    def _quarantine(self, record: dict, pending: str = "") -> dict | None:
+        """Write *record* (and drop the *pending* suspect it was), move the file
+        (write-ahead), complete. Returns the record (what ``qsup show --json``
+        prints), or None if the message vanished."""
+        key = record["key"]
+        mv = self.queue.plan(record["qid"], record["fp"], "quarantine")
+        ikey, extra = f"quarantine/{key}", {"record": record}
         with self.store.write() as w:
-            w.put("quarantine", cand.key, record)
-            w.delete("pending", cand.pending)
+            w.put("quarantine", key, record)
+            if pending:
+                w.delete("pending", pending)
             moves.record(w, ikey, [mv], extra)
             jkey = self.journal.quarantined(w, record["when"], record)
             note = self.outbox.quarantined(w, record["when"], record)
@@ -221,7 +241,7 @@ class Ledger:
         with self.store.write() as w:
             moves.complete(w, ikey, [mv], results, self.wall(), extra)
             if results[0] == "gone":
-                w.delete("quarantine", cand.key)
+                w.delete("quarantine", key)
                 w.delete(journal.DB, jkey)  # it did not happen
                 self.outbox.withdraw(w, note)
         return None if results[0] == "gone" else dict(record, name=mv.name, state="quarantined")

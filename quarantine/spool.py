@@ -20,6 +20,7 @@ import errno
 import heapq
 import os
 import re
+import shutil
 import stat
 import weakref
 from collections.abc import Callable, Iterator
@@ -29,6 +30,7 @@ from quarantine.hookspecs import MessageRef, Move, Quarantined, hookimpl
 from quarantine.ids import FINGERPRINT_BYTES, fingerprint, is_queue_id
 from quarantine.lock import PidLock
 from quarantine.reports import Reports, file_kind
+from quarantine.verdicts import header_bytes
 
 SUBDIRS = ("tmp", "incoming", "outgoing", "quarantine")
 LOCK_FILE = ".qsup.lock"  # in the spool directory, beside incoming/: one qsup per spool
@@ -253,6 +255,8 @@ class SpoolQueue:
     def apply(self, move: Move) -> str:
         src, dst = self._src(move), self.path(move.dest, move.name)
         try:
+            if move.tag and move.dest == "outgoing":
+                return self._apply_tagged(move, src, dst)
             if self._unchanged(move, src):
                 if not self._rename(src, dst):
                     return "taken"
@@ -267,6 +271,44 @@ class SpoolQueue:
             return result
         except OSError as exc:
             raise QueueError(f"cannot move {src} to {dst}: {_reason(exc)}") from None
+
+    # ------------------------------------------------------------------ tagging
+    can_tag = True  # a delivery may add header lines (a spam verdict)
+
+    def _apply_tagged(self, move: Move, src: str, dst: str) -> str:
+        """A delivery that adds move.tag on top: the tagged copy is written in tmp/,
+        renamed over the message in incoming/ (one copy at every instant, tagged or
+        not), then moved as any other. A replay finds it tagged already, in
+        incoming/ or outgoing/, and never tags it twice."""
+        if not self._tagged_of(src, move):
+            if not self._unchanged(move, src):
+                found = self._identify_path(dst)
+                return "already" if self._tagged_of(dst, move) or (found and found[1] == move.fp) else "gone"
+            self._tag_in_place(move, src)
+        return "moved" if self._rename(src, dst) else "taken"
+
+    def _tagged_of(self, path: str, move: Move) -> bool:
+        """Whether *path* is move's message with its tag on top."""
+        found = read_head(path, FINGERPRINT_BYTES + 4096)
+        if found is None:
+            return False
+        size, head = found
+        tag = header_bytes(move.tag, head)
+        return head.startswith(tag) and fingerprint(size - len(tag), head[len(tag):]) == move.fp
+
+    def _tag_in_place(self, move: Move, src: str) -> None:
+        tmp = self.path("tmp", f".qsup-tag.{move.name}")
+        with open(src, "rb", opener=lambda p, f: os.open(p, _OPEN_FLAGS)) as original:
+            tag = header_bytes(move.tag, original.read(4096))
+            original.seek(0)
+            mode = stat.S_IMODE(os.fstat(original.fileno()).st_mode)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+            with open(tmp, "wb", opener=lambda p, f: os.open(p, flags, mode)) as copy:
+                copy.write(tag)
+                shutil.copyfileobj(original, copy, 1 << 16)
+                copy.flush()
+                os.fsync(copy.fileno())
+        os.rename(tmp, src)
 
     @staticmethod
     def _rename(src: str, dst: str) -> bool:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from enum import IntEnum
 
-from quarantine import canary, ops
+from quarantine import canary, ops, verdicts
 from quarantine.config import Config
 from quarantine.environment import Environment, Proof
 from quarantine.errors import EXIT_BREAKER, EXIT_OK, QueueError, StateError
@@ -175,14 +175,16 @@ class Supervisor:
             self.isolation.suspects or self.intake)
         if not (ended or self.ledger.has_completions or dispatch):
             return
-        delivers, ready, key = [], [], ""
+        delivers, ready, key, verdict_held = [], [], "", []
         with self.ledger.pass_txn() as w:
             decisions = [self.isolation.decide(w, e, self.pool.mode.split(e.batch)) for e in ended]
             for e, decision in zip(ended, decisions):
                 if e.outcome.ending is Ending.OK:
                     self.pool.mode.batch_ok()
                 self.judge.ended(w, e, decision, now, self.wall())
-                delivers += [self.queue.plan(q, e.fps[q], "outgoing") for q in decision.deliver]
+                moving, held = self._deliveries(e, decision)
+                delivers += moving
+                verdict_held += held
             if delivers:
                 key = f"deliver/{self._new_id()}"
                 self.ledger.deliver(w, key, delivers, ended)  # the intent, and the journal
@@ -196,13 +198,34 @@ class Supervisor:
                     if qid in e.verdicts:
                         self.events.verdict(qid=qid, verdict=e.verdicts[qid], queue=self.queue)
         gone = self.ledger.make_moves(key, delivers) if delivers else set()
+        for e, qid, act in verdict_held:
+            if self.judge.quarantine_verdict(e, qid, act) is None:
+                gone.add(qid)
+        held_ids = {qid for _, qid, _ in verdict_held}
         for e, decision in zip(ended, decisions):
             for qid in decision.deliver:
                 self.isolation.release(qid)
                 self.queue.scan_done(qid)
-            self.telemetry.ended(e, len(decision.deliver) - len(gone.intersection(decision.deliver)), now)
+            handed = [q for q in decision.deliver if q not in held_ids and q not in gone]
+            self.telemetry.ended(e, len(handed), now)
             if e.outcome.ending is Ending.OK:
                 self.env.healthy(e.fresh_start, e.batch_id, e.detail.get("pid"))
+
+    def _deliveries(self, e: Ended, decision) -> tuple[list, list]:
+        """The moves out of the queue for what batch *e* scanned (tagged for a spam
+        verdict where the queue can tag), and what its verdict holds back from
+        delivery (infected, spam past its score): docs/reference.md §7."""
+        moving, held = [], []
+        for qid in decision.deliver:
+            act = verdicts.action(e.verdicts.get(qid), self.config)
+            if not act.delivers:
+                held.append((e, qid, act))
+                continue
+            move = self.queue.plan(qid, e.fps[qid], "outgoing")
+            if act.headers:
+                move = self.judge.tagged(move, act)
+            moving.append(move)
+        return moving, held
 
     # ---------------------------------------------------------------- dispatch
     def _dispatch(self, w: Txn) -> list[InFlight]:

@@ -58,6 +58,9 @@ def format_why(rec: dict) -> str:
     why = rec.get("why", "?")
     if rec.get("kind") == "orphan":  # found in the quarantine without a record
         return f"orphan ({why})"
+    if rec.get("kind") in ("infected", "spam"):  # the scanner's verdict, not a crash
+        detail = (rec.get("verdict") or "").partition(" ")[2].strip()
+        return f"{rec['kind']} ({detail})" if detail else rec["kind"]
     why = format_ending(why, rec.get("signal"), rec.get("exit_code"))
     if why.startswith("memory") and rec.get("peak_rss"):
         why += f" peak {format_size(rec['peak_rss'])}"

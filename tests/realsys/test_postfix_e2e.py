@@ -277,12 +277,13 @@ def test_one_qsup_per_hold_queue(pf, queue, tmp_path):
 
 
 def test_postfix_options_are_checked(qsup, tmp_path):
-    run = qsup("drain", "--queue", "postfix", "--plugin-option", "postfix.bogus=1")
+    run = qsup("drain", "--queue", "postfix", "--plugin-option", "postfix.bogus=1", "--worker", "true")
     assert run.returncode == 2
     assert "[plugin.postfix]: unknown key 'bogus'" in run.stderr and "Traceback" not in run.stderr
-    run = qsup("drain", "--queue", "postfix", "--plugin-option", "postfix.command_timeout=soon")
+    run = qsup("drain", "--queue", "postfix", "--plugin-option", "postfix.command_timeout=soon",
+               "--worker", "true")
     assert run.returncode == 2 and "command_timeout must be float" in run.stderr
     run = qsup("drain", "--queue", "postfix", "--plugin-option",
                f"postfix.config_directory={tmp_path / 'nowhere'}",
-               "--plugin-option", f"postfix.quarantine_dir={tmp_path / 'q'}")
+               "--plugin-option", f"postfix.quarantine_dir={tmp_path / 'q'}", "--worker", "true")
     assert run.returncode == 2 and "postconf" in run.stderr and "Traceback" not in run.stderr

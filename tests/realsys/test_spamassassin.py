@@ -57,6 +57,10 @@ def test_drain_through_spamd_in_persistent_workers(qsup, spamd):
     assert (summary["delivered"], summary["quarantined"], summary["crashes"]) == (20, 0, 0)
     assert mail.outgoing(qsup.spool) == set(ids)
     assert sorted(SPAM_LINE.findall(run.stderr)) == sorted(spam)
+    for qid in ids:  # spam is delivered tagged (docs/reference.md §7), the rest unchanged
+        head = (qsup.spool / "outgoing" / qid).read_bytes()[:200]
+        tagged = head.startswith(b"X-Spam-Flag: YES") and b"X-Spam-Status: Yes, score=10 required=5" in head
+        assert tagged == (qid in spam), (qid, head)
 
 
 @pytest.mark.timeout(60)
