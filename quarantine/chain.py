@@ -1,4 +1,4 @@
-"""Scanner chains (config key ``scanners``, docs/reference.md §4.6): several scanners
+"""Scanner chains (config key ``scanners``, docs/reference.md §4.7): several scanners
 as one, each message through each in order.
 
 To qsup a chain is one scanner like any other: its worker is the chain runner

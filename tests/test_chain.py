@@ -133,10 +133,10 @@ def test_verdicts_are_combined_and_infected_wins(qsup, links):
 
 @pytest.mark.parametrize("mode", ["persistent", "oneshot"])  # of both links, so of the chain
 def test_a_segfault_in_the_second_link_quarantines_only_that_message(qsup, links, mode):
-    headers = [{}] * 40
+    headers = [{}] * 24
     headers[17] = {"X-Link-b": "segv"}
     ids = write_spool(qsup.spool, headers)
-    proc = drain(qsup, links, "--workers", "2", "--batch-size", "10", "--strikes", "2",
+    proc = drain(qsup, links, "--workers", "2", "--batch-size", "8", "--strikes", "2",
                  "--plugin-option", f"link-a.mode={mode}", "--plugin-option", f"link-b.mode={mode}")
     where = assert_conserved(qsup.spool, ids)
     assert where["quarantine"] == {ids[17]}
