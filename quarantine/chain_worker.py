@@ -144,7 +144,7 @@ class OneShotLink:
         finally:
             os.close(write_fd)
         with os.fdopen(read_fd) as status:
-            verdicts = [v for v in map(lambda ln: verdict_of(ln, qid), status) if v is not None]
+            verdicts = [v for line in status if (v := verdict_of(line, qid)) is not None]
         code = self.proc.wait()
         if code != 0:
             raise crash_of(self.name, qid, code)
