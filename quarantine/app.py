@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from quarantine import binding, logs, orphans, pm
+from quarantine import binding, chain, logs, orphans, pm
 from quarantine.config import Config
 from quarantine.errors import ConfigError
 from quarantine.store import Store
@@ -32,9 +32,7 @@ def build_supervisor(state_dir: str, config: Config, mode: str,
     queues, scanners = plugins.queue_types(), plugins.scanner_types()
     if config.queue not in queues:
         raise ConfigError(f"queue: unknown kind {config.queue!r} (known: {', '.join(sorted(queues))})")
-    if config.scanner not in scanners:
-        raise ConfigError(f"scanner: unknown kind {config.scanner!r} (known: {', '.join(sorted(scanners))})")
-    scanner = scanners[config.scanner](config)  # a configuration error touches nothing
+    scanner = chain.build(scanners, config)  # a configuration error touches nothing
     identity = binding.named(plugins, config)
     store = Store(state_dir, map_mb=config.map_size_mb)
     try:
@@ -55,7 +53,7 @@ def build_supervisor(state_dir: str, config: Config, mode: str,
         adopt = become_subreaper()
     sup = Supervisor(config, store, queue, scanner, plugins.hook, state_dir=state_dir,
                      adopt_orphans=adopt, mode=mode)
-    sup.make_scanner = lambda cfg: scanners[cfg.scanner](cfg)
+    sup.make_scanner = lambda cfg: chain.build(scanners, cfg)
     return sup, store
 
 

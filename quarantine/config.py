@@ -47,6 +47,11 @@ class Field:
         return "--" + self.name.replace("_", "-")
 
     @property
+    def type_name(self) -> str:
+        """The type as the docs say it."""
+        return "list of str" if self.type is tuple else self.type.__name__
+
+    @property
     def value_name(self) -> str:
         """What the flag takes, for --help and the docs: MB, SECONDS, N, ..."""
         if self.metavar:
@@ -178,6 +183,12 @@ class Config:
     spam_quarantine_score: float | None = _key(None, "Spam scoring this or more is quarantined "
                                                "(kind spam) whatever on_spam says.", optional=True,
                                                minimum=None, metavar="SCORE", shown="none")
+    scanners: tuple = _key((), "A chain of scanner kinds, each message through each in order "
+                           "(e.g. [\"clamd\", \"spamc\"]): a crash in any one is that message's "
+                           "crash, and the verdicts are combined (infected wins over spam). On the "
+                           "command line: repeat the flag, or separate the kinds with commas. "
+                           "Not together with scanner.", metavar="KIND",
+                           shown="none: the one scanner of the scanner key")
     plugin: dict = field(default_factory=dict)  # [plugin.NAME] tables: NAME -> {key: value}
     source: str = "built-in defaults"
     # the keys the file or a flag set ("plugin.NAME" for a plugin's options): what
@@ -213,8 +224,8 @@ def _fields() -> tuple[Field, ...]:
         if _KEY not in f.metadata:
             continue  # plugin, source: not keys of the [qsup] table
         kinds = [t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if t is not NoneType]
-        if len(kinds) != 1 or kinds[0] not in (str, int, float):
-            raise TypeError(f"config key {f.name}: type must be str, int or float (or | None)")
+        if len(kinds) != 1 or kinds[0] not in (str, int, float, tuple):
+            raise TypeError(f"config key {f.name}: type must be str, int, float or tuple (or | None)")
         out.append(Field(f.name, kinds[0], **f.metadata[_KEY]))
     return tuple(out)
 
@@ -230,6 +241,8 @@ def check(name: str, value: Any, where: str) -> Any:
         raise ConfigError(f"{where}: unknown key {name!r}")
     if value is None and spec.optional:
         return None
+    if spec.type is tuple:
+        return _names(name, value, where)
     ok = isinstance(value, spec.type) and not isinstance(value, bool)
     if spec.type is float and isinstance(value, int) and not isinstance(value, bool):
         value, ok = float(value), True
@@ -242,6 +255,26 @@ def check(name: str, value: Any, where: str) -> Any:
     if spec.choices and value not in spec.choices:
         raise ConfigError(f"{where}: {name} must be one of {', '.join(spec.choices)}, not {value!r}")
     return value
+
+
+def _names(name: str, value: Any, where: str) -> tuple[str, ...]:
+    """A list of names (a TOML array of strings; a flag's values, each maybe
+    comma-separated)."""
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{where}: {name} must be a list of names, not {value!r}")
+    if where.startswith("--"):
+        value = [part.strip() for item in value for part in str(item).split(",")]
+    bad = [v for v in value if not isinstance(v, str) or not v.strip()]
+    if bad:
+        raise ConfigError(f"{where}: {name}: {bad[0]!r} is not a name")
+    return tuple(value)
+
+
+def _check_chain(values: dict) -> None:
+    """``scanners`` replaces ``scanner``: both chosen is a contradiction, not a precedence."""
+    if values["scanners"] and values["scanner"] != BY_NAME["scanner"].default:
+        raise ConfigError(f"scanners: give either scanner = {values['scanner']!r} or scanners = "
+                          f"{list(values['scanners'])!r}, not both")
 
 
 def find_config(explicit: str | None) -> str | None:
@@ -290,6 +323,7 @@ def load(path: str | None, overrides: dict[str, Any]) -> Config:
             given.add(key)
     if values["spool"] is None:
         values["spool"] = _default_spool()
+    _check_chain(values)
     return Config(**values, plugin=plugin, source=source, given=frozenset(given))
 
 

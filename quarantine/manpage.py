@@ -82,7 +82,7 @@ def key_items(parent: click.Context) -> list[str]:
     out = []
     for f in FIELDS:
         names, help_text = by_name[f.name].get_help_record(ctx)
-        kind = f"{f.type.__name__}{', may be unset' if f.optional else ''}"
+        kind = f"{f.type_name}{', may be unset' if f.optional else ''}"
         out.append(f".TP\n.B {esc(names)}\nKey \\fB{esc(f.name)}\\fR ({kind}). {esc(help_text)}")
     return out
 

@@ -125,7 +125,9 @@ def config_options(func):
     func = click.option("--plugin-option", "plugin_option", multiple=True, metavar="NAME.KEY=VALUE",
                         help="An option of a plugin, as in a [plugin.NAME] table (repeatable).")(func)
     for field in reversed(FIELDS):
-        func = click.option(field.flag, *field.aliases, field.name, cls=Option, type=_kind(field),
+        many = field.type is tuple  # a list-valued key: the flag is repeatable
+        func = click.option(field.flag, *field.aliases, field.name, cls=Option,
+                            type=str if many else _kind(field), multiple=many,
                             default=None, metavar=field.value_name, help=field.help,
                             show_default=field.shown_default)(func)
     return func
@@ -153,5 +155,6 @@ def wait_option(func):
 def overrides(kwargs: dict) -> dict:
     """Take the config flags out of a command's *kwargs*: the overrides of load()."""
     out = {k: kwargs.pop(k) for k in list(kwargs) if k in BY_NAME}
+    out.update({k: None for k, v in out.items() if v == ()})  # a repeatable flag not given
     out["plugin_option"] = kwargs.pop("plugin_option", ())
     return out

@@ -29,7 +29,7 @@ def cell(text: str) -> str:
 
 
 def _type(f) -> str:
-    kind = f.type.__name__
+    kind = f.type_name
     if f.choices:
         kind += ": " + " \\| ".join(f"`{c}`" for c in f.choices)
     return kind + (" or unset" if f.optional else "")

@@ -198,7 +198,7 @@ def test_every_config_key_is_a_flag_and_a_config_attribute(tmp_path):
 
     assert [f.name for f in FIELDS] == [f.name for f in dataclasses.fields(Config)][:-3]
     assert list(BY_NAME) == [f.name for f in FIELDS]
-    assert {f.type for f in FIELDS} == {str, int, float}
+    assert {f.type for f in FIELDS} == {str, int, float, tuple}  # tuple: a list-valued key (scanners)
     help_text = CliRunner().invoke(cli, ["drain", "--help"], terminal_width=200).output
     for f in FIELDS:
         assert f.flag in help_text and f.flag == "--" + f.name.replace("_", "-")

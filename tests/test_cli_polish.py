@@ -394,7 +394,7 @@ def test_the_key_tables_of_the_reference_are_current():
     keys = text.split("<!-- BEGIN KEYS", 1)[1].split("<!-- END KEYS -->", 1)[0]
     for f in FIELDS:
         row = next(line for line in keys.splitlines() if line.startswith(f"| `{f.name}` |"))
-        assert f.flag in row and f.type.__name__ in row and f.shown_default in row, row
+        assert f.flag in row and f.type_name in row and f.shown_default in row, row
     assert reference.main(["--check", REFERENCE]) == 0
 
 
