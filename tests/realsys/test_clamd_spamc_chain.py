@@ -30,8 +30,12 @@ def test_clamd_then_spamc_combines_the_verdicts(qsup, tmp_path):
                          "--plugin-option", f"spamc.port={spamd.port}", "--workers", "2", "--batch-size", "3")
     assert run.returncode == 0, run.stderr
     summary = qsup.summary(run)
-    assert (summary["delivered"], summary["quarantined"], summary["crashes"]) == (5, 0, 0), summary
-    assert mail.outgoing(qsup.spool) == set(ids)
+    # acted on (docs/reference.md §7): infected quarantined, spam tagged, ham as it was
+    assert (summary["delivered"], summary["quarantined"], summary["crashes"]) == (3, 2, 0), summary
+    assert mail.outgoing(qsup.spool) == {"CH0", "CH2", "CH3"}
+    assert {r["qid"]: r["kind"] for r in qsup.listing()} == {"CH1": "infected", "CH4": "infected"}
+    assert (qsup.spool / "outgoing" / "CH2").read_bytes().startswith(b"X-Spam-Flag: YES")
+    assert (qsup.spool / "outgoing" / "CH0").read_bytes() == msgs["CH0"]
     rows = {row["qid"]: row for row in json.loads(qsup("export", "--json").stdout)}
     assert {qid: rows[qid]["verdict"] for qid in ids} == {
         "CH0": "ham 0.0/5.0", "CH1": f"infected {SIGNATURE}", "CH2": "spam 10.0/5.0",
