@@ -54,3 +54,19 @@ def report(done: ops.Done) -> None:
         click.echo(f"qsup: error: {line}", err=True)
     if done.problems:
         sys.exit(EXIT_STATE)
+
+
+def ask_retest(ctx: Ctx, wait: float, **config_kw) -> None:
+    """``qsup retest``: the running qsup reads the scanner's identity now. Without
+    one, the next drain or run does it at its start."""
+    config = ctx.config(config_kw)
+    setup_logging("warning" if config.log_level == "info" else config.log_level)
+    if not (os.path.isdir(ctx.state) and Store.holder(ctx.state)):
+        click.echo(f"qsup: no qsup is running on {ctx.state}: the next drain or run reads the scanner's "
+                   f"identity at its start and re-tests what was quarantined under another one")
+        return
+    answer = ops.submit_request(ctx.state, {"op": "retest"}, wait)
+    if not answer.get("ok"):
+        failed = StateError if answer.get("code") == EXIT_STATE else NotFound
+        raise failed(answer.get("error", "request failed"))
+    report(ops.Done(answer.get("lines", []), answer.get("problems", [])))

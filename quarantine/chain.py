@@ -59,6 +59,14 @@ class ChainScanner:
     def environment(self) -> dict[str, str]:
         return {SPEC_ENV: json.dumps(self.spec())}
 
+    def identity(self) -> str:
+        """Each link's identity (its own reading, else its name), joined."""
+        parts = []
+        for link in self.links:
+            reading = getattr(link, "identity", None)
+            parts.append((reading() if reading else "") or link.name)
+        return "+".join(parts)
+
     def spec(self) -> list[dict[str, Any]]:
         return [{"name": link.name, "mode": link.mode, "argv": list(link.command()),
                  "env": dict(link.environment())} for link in self.links]

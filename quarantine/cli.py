@@ -285,6 +285,17 @@ def purge(ctx: Ctx, ids, everything, yes, wait, **kwargs):
 
 
 @cli.command(epilog=EPILOG)
+@wait_option
+@config_options
+@click.pass_obj
+def retest(ctx: Ctx, wait, **kwargs):
+    """Tell the running qsup to read the scanner's identity now (after a signature or
+    package update: freshclam's OnUpdateExecute, an apt hook). If it changed, poison
+    quarantined under another one is re-tested alone, after a canary (§9)."""
+    actions.ask_retest(ctx, wait, **_overrides(kwargs))
+
+
+@cli.command(epilog=EPILOG)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--watch", is_flag=True, help="A live view, redrawn from the status the running qsup "
                                             "writes (about every second); Ctrl-C ends it.")

@@ -189,6 +189,18 @@ class Config:
                            "command line: repeat the flag, or separate the kinds with commas. "
                            "Not together with scanner.", metavar="KIND",
                            shown="none: the one scanner of the scanner key")
+    # -- scanner identity and re-test (docs/reference.md §9)
+    scanner_version: str | None = _key(None, "Command printing the scanner's version (its first "
+                                       "line is the identity; split like a shell would, never run "
+                                       "through one). Default: the scanner plugin's own reading "
+                                       "(clamd VERSION), else the scanner's name.", optional=True,
+                                       metavar="COMMAND", shown="the scanner's own")
+    retest: str = _key("auto", "'auto': when the scanner's identity changes, re-test alone what was "
+                       "quarantined as poison under another one; 'off': never.", choices=("auto", "off"))
+    retest_rate: float = _key(60.0, "Re-tests started per minute at most (one at a time).",
+                              minimum=0.01)
+    retest_check: float = _key(300.0, "Seconds between readings of the scanner's identity in run "
+                               "(also read at start, on reload and on qsup retest).", minimum=1)
     plugin: dict = field(default_factory=dict)  # [plugin.NAME] tables: NAME -> {key: value}
     source: str = "built-in defaults"
     # the keys the file or a flag set ("plugin.NAME" for a plugin's options): what

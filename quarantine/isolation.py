@@ -15,7 +15,7 @@ import itertools
 import logging
 import math
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from quarantine.config import Config
 from quarantine.ledger import BatchRecord, Candidate, History, Waiting, strikes_of
@@ -30,6 +30,7 @@ class Isolation:
     def __init__(self, config: Config, stats: Counter, serial: Iterator[int] | None = None):
         self.config, self.stats = config, stats
         self.held: dict[str, str] = {}  # queue ID -> fingerprint, in flight or suspect
+        self.scanner: Callable[[], str] = lambda: ""  # the scanner's identity, for attempts
         self.suspects: deque[Waiting] = deque()
         self.candidates: dict[str, Candidate] = {}  # message key -> candidate
         self.hunts = Hunts()
@@ -87,7 +88,8 @@ class Isolation:
         if crashed:
             attempt = {"batch": e.batch_id, "size": len(batch.ids), "ending": outcome.ending.value,
                        "duration": round(e.duration, 3), "when": wall, "path": list(batch.path),
-                       "stderr": e.stderr[-600:].decode("utf-8", "replace"), **e.detail}
+                       "scanner": self.scanner(), "stderr": e.stderr[-600:].decode("utf-8", "replace"),
+                       **e.detail}
             for qid in batch.ids:
                 if qid not in outcome.done:
                     hist = History.load(w, qid, fps[qid])

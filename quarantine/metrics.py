@@ -48,6 +48,9 @@ class Collector:
         yield _labelled(CounterMetricFamily, "qsup_canary_runs",
                         "Canary runs by result (inconclusive: stopped, or begun before the breaker opened).",
                         "result", {r: stats.get(k, 0) for r, k in CANARY_RESULTS.items()})
+        yield _labelled(CounterMetricFamily, "qsup_retests",
+                        "Re-tests of poison after the scanner changed, by result (passed: delivered).",
+                        "result", {r: stats.get(f"retest_{r}", 0) for r in ("passed", "crashed")})
         workers = snap.get("workers") or ()
         breaker = snap.get("breaker") or {}
         yield GaugeMetricFamily("qsup_queue_depth_messages",

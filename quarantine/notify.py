@@ -96,8 +96,10 @@ def compose(events: list[dict], *, to: list[str], sender: str, host: str, now: f
     """The digest naming *events* (plain data in, bytes out: no I/O)."""
     quarantined = [e for e in events if e.get("event") == "quarantined"]
     openings = [e for e in events if e.get("event") == "breaker"]
+    released = [e for e in events if e.get("event") == "released"]
     parts = [f"{len(quarantined)} message(s) quarantined"] if quarantined else []
     parts += [f"breaker opened {len(openings)} time(s)"] if openings else []
+    parts += [f"{len(released)} released by re-test"] if released else []
     msg = EmailMessage(policy=SMTP)
     msg["From"] = sender
     msg["To"] = ", ".join(to)
@@ -122,6 +124,9 @@ def compose(events: list[dict], *, to: list[str], sender: str, host: str, now: f
                       f"      subject {_clean(e.get('subject')) or '?'}"]
         lines += ["", "Each is named in this digest only. `qsup show ID` tells what happened;",
                   "`qsup release ID` puts one back once the scanner is fixed."]
+    if released:
+        lines += ["", f"Released by re-test ({len(released)}): they passed under the new scanner", ""]
+        lines += [f"  {e['qid']}  {format_when(e.get('t'))}  {_clean(e.get('note'))}" for e in released]
     msg.set_content("\n".join(lines) + "\n", charset="utf-8")
     return msg.as_bytes()
 

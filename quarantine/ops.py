@@ -217,9 +217,10 @@ def _await_answer(state: str, base: str, holder: int | None, timeout: float) -> 
     return result
 
 
-def serve_requests(state: str, store: Store, queue: Queue, stats: Counter | None = None) -> int:
+def serve_requests(state: str, store: Store, queue: Queue, stats: Counter | None = None,
+                   on_retest: Callable[[], str] | None = None) -> int:
     """Run the requests waiting in STATE/requests (called by the daemon's loop);
-    *stats* counts the messages released."""
+    *stats* counts the messages released; *on_retest* answers ``qsup retest``."""
     folder = requests_dir(state)
     try:
         names = sorted(n for n in os.listdir(folder) if n.endswith(".req"))
@@ -233,7 +234,7 @@ def serve_requests(state: str, store: Store, queue: Queue, stats: Counter | None
         except FileNotFoundError:
             continue  # withdrawn by its client
         served += 1
-        result = _serve(f"{base}.work", store, queue)
+        result = _serve(f"{base}.work", store, queue, on_retest)
         if stats is not None:
             stats["released"] += result.get("released", 0)
         with open(f"{base}.tmp", "w") as fh:
@@ -243,7 +244,7 @@ def serve_requests(state: str, store: Store, queue: Queue, stats: Counter | None
     return served
 
 
-def _serve(path: str, store: Store, queue: Queue) -> dict:
+def _serve(path: str, store: Store, queue: Queue, on_retest: Callable[[], str] | None = None) -> dict:
     name = os.path.basename(path)
     try:
         with open(path) as fh:
@@ -252,6 +253,9 @@ def _serve(path: str, store: Store, queue: Queue) -> dict:
             log.warning("request %s is past its deadline (its client gave up): not carried out", name)
             return {"ok": False, "code": EXIT_STATE,
                     "error": "the running qsup took the request past its deadline; nothing was done"}
+        if req.get("op") == "retest":
+            return {"ok": True, **Done(lines=[on_retest() if on_retest else "qsup: re-test is not "
+                                              "served by this qsup"]).to_json()}
         return {"ok": True, **execute(store, queue, req).to_json()}
     except (NotFound, QueueError) as exc:  # a refused move says why; the daemon goes on
         return {"ok": False, "error": str(exc), "code": exc.exit_code}

@@ -56,6 +56,14 @@ class Outbox:
         self.waiting = True
         return k
 
+    def released(self, w: Txn, t: float, record: dict, note: str) -> None:
+        """A message a re-test released (it passed under the new scanner)."""
+        if self.enabled:
+            w.put(DB, EVENT + journal.key(t, record["qid"]), {
+                "event": "released", "t": t, "qid": record["qid"], "note": note,
+                "sender": record.get("sender", ""), "subject": record.get("subject", "")})
+            self.waiting = True
+
     def breaker(self, w: Txn, t: float, reason: str) -> None:
         if self.enabled:
             w.put(DB, EVENT + journal.key(t, "breaker"), {"event": "breaker", "t": t, "reason": reason})

@@ -3,6 +3,7 @@ one-shot or persistent mode (docs/reference.md §4)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from quarantine.hookspecs import hookimpl
@@ -14,6 +15,11 @@ class CommandScanner:
     mode: str = "oneshot"
     extra_env: dict[str, str] = field(default_factory=dict)
     name: str = "command"
+    reader: Callable[[], str] | None = None  # the scanner's identity (docs/reference.md §9)
+
+    def identity(self) -> str:
+        """The scanner's version, as its plugin reads it; "" if it has no reading."""
+        return self.reader() if self.reader else ""
 
     def command(self) -> list[str]:
         return list(self.argv)

@@ -334,6 +334,12 @@ class SpoolQueue:
         finally:
             os.close(fd)
 
+    def quarantine_path(self, name: str) -> str:
+        """The quarantined file *name*, for a re-test to scan where it lies."""
+        if not is_queue_id(name):
+            raise ValueError(f"not a quarantine name: {name!r}")
+        return self.path("quarantine", name)
+
     def quarantine_names(self) -> Iterator[str]:
         """The names of the files in quarantine/ (regular files with queue-ID names)."""
         with os.scandir(self.dir("quarantine")) as it:

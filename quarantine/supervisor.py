@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from enum import IntEnum
 
-from quarantine import canary, ops, verdicts
+from quarantine import canary, ops, retest, verdicts
 from quarantine.config import Config
 from quarantine.environment import Environment, Proof
 from quarantine.errors import EXIT_BREAKER, EXIT_OK, QueueError, StateError
@@ -33,6 +33,7 @@ from quarantine.policy import Batch, Ending, Lane, Outcome
 from quarantine.pool import WorkerPool
 from quarantine.process import SpawnError
 from quarantine.recovery import recover
+from quarantine.retest import Retester, read_identity
 from quarantine.runs import Ended
 from quarantine.store import Store, Txn
 from quarantine.telemetry import Telemetry
@@ -65,7 +66,11 @@ class Supervisor:
         self.intake = Intake(queue, config, self.isolation.held, self.stats)
         self.pool = WorkerPool(config, scanner, self.stats, owner=self.state_dir, clock=clock,
                                adopt_orphans=adopt_orphans)
-        self.ledger = Ledger(store, queue, wall, lambda: self.pool.scanner.name, self.notifier.outbox)
+        self.retester = Retester(config, store, queue, self.stats,
+                                 read_identity(config, scanner) or scanner.name, clock(),
+                                 self.notifier.outbox)
+        self.isolation.scanner = lambda: self.retester.identity
+        self.ledger = Ledger(store, queue, wall, lambda: self.retester.identity, self.notifier.outbox)
         self.judge = Judge(self.env, self.isolation, self.ledger, queue, self.events, self.stats, clock)
         self.canary_path = canary.prepare(self.state_dir, config.canary)
         self.stop = Stop.NONE
@@ -77,6 +82,9 @@ class Supervisor:
         self._state_broken = False
         self._ids = itertools.count(1)
         self._status, self._requests, self._prune = Every(1.0), Every(0.25), Every(3600.0)
+        self._identity = Every(config.retest_check)
+        self._identity.last = clock()  # read just now
+        self.mode = mode
 
     # ----------------------------------------------------------------- signals
     def request_stop(self) -> None:
@@ -116,8 +124,12 @@ class Supervisor:
         stop = self.stop  # read once: a signal landing mid-pass is acted on next pass
         self._enforce_stop(now, stop)
         ended, canary_end = self.pool.collect(now, stopping=bool(stop))
+        ended = self._retests_ended(ended)
         if canary_end is not None:
             run, ending, detail = canary_end
+            if ending is not Ending.OK and self.env.last_pass < self.retester.since <= run.started:
+                detail = dict(detail, error=f"the scanner changed to {self.retester.identity} and the "
+                              f"canary dies{'; ' + detail['error'] if detail.get('error') else ''}")
             self.judge.act(self.env.canary_ended(run.started, ending, detail, now, run.batch_id), now)
         if self._reload_wanted:
             self._reload()
@@ -129,6 +141,7 @@ class Supervisor:
             self.intake.refill(now, force=not follow and not self.intake)
             self._settle(ended, now, dispatch=True)
             self._prove(now)
+            self._retest(now)
             if not self.env.is_open and (self.stats["crashes"] or self.isolation.candidates
                                          or self.stats["canary_runs"]):
                 self.pool.keep_spares(now)  # none needed until something has crashed
@@ -157,7 +170,8 @@ class Supervisor:
 
     def _drained(self, now: float) -> bool:
         def idle() -> bool:
-            return not (self.pool.all_runs() or self.isolation or self.intake or self.env.is_open)
+            return not (self.pool.all_runs() or self.isolation or self.intake or self.env.is_open
+                        or self.retester.busy)
 
         if not idle():
             return False
@@ -282,17 +296,64 @@ class Supervisor:
         if self.pool.canary is not None:
             return
         flowing = bool(self.intake or self.isolation.suspects)
-        if self.env.canary_due(now, self.isolation.oldest_crash(self.env.last_pass), flowing):
+        retest = not self.env.is_open and self.retester.wants_canary(self.env.last_pass)
+        if retest or self.env.canary_due(now, self.isolation.oldest_crash(self.env.last_pass), flowing):
             batch = Batch(ids=(canary.CANARY_ID,), lane=Lane.SUSPECT)
             run = InFlight(f"canary-{self._new_id()}", batch, {canary.CANARY_ID: "canary"}, {})
             self._launch(run, now, canary=True)
             self.stats["canary_runs"] += 1
 
+    # ----------------------------------------------------------------- re-test
+    def _retest(self, now: float) -> None:
+        """Start the next re-test due (docs/reference.md §9): alone, in a fresh worker,
+        on the quarantined file, beside the traffic."""
+        rec = self.retester.next(now, self.env.last_pass, self.env.is_open)
+        if rec is None:
+            return
+        qid = rec["qid"]
+        batch = Batch(ids=(qid,), lane=Lane.SUSPECT, path=("retest",))
+        try:
+            self.pool.launch(f"{retest.PREFIX}{self._new_id()}", batch, {qid: rec["fp"]},
+                             {qid: rec.get("size", 0)}, [self.retester.path(rec)], now)
+        except SpawnError as exc:
+            self.retester.give_back(rec)
+            self.stats["spawn_failures"] += 1
+            self.judge.act(self.env.cannot_start(str(exc), "", now), now)
+            return
+        self.stats["retests"] += 1
+        log.info("re-testing %s alone under %s (quarantined under %s)", qid, self.retester.identity,
+                 rec.get("scanner") or "?", extra={"qid": qid})
+
+    def _retests_ended(self, ended: list[Ended]) -> list[Ended]:
+        """Hand the re-test runs that ended to the retester; the rest go on."""
+        rest = []
+        for e in ended:
+            if e.batch_id.startswith(retest.PREFIX):
+                self.retester.ended(e, self.wall())
+            else:
+                rest.append(e)
+        return rest
+
+    def _read_identity(self, now: float) -> None:
+        self.retester.observe(read_identity(self.config, self.pool.scanner), now)
+
+    def retest_now(self) -> str:
+        """``qsup retest`` asked the running qsup: read the identity again now."""
+        before = self.retester.identity
+        self._read_identity(self.clock())
+        waiting = len(self.retester.pending())
+        if self.retester.identity != before:
+            return f"qsup: the scanner changed from {before} to {self.retester.identity}: {waiting} to re-test"
+        return f"qsup: the scanner is still {before}: {waiting} quarantined message(s) to re-test"
+
     # ------------------------------------------------------------ housekeeping
     def _housekeeping(self, now: float) -> None:
+        if self.mode == "run" and self._identity.due(now):
+            self._read_identity(now)
         if self._status.due(now):
             self.ledger.put_status(self.snapshot(now))
-        if self._requests.due(now) and ops.serve_requests(self.state_dir, self.store, self.queue, self.stats):
+        if self._requests.due(now) and ops.serve_requests(self.state_dir, self.store, self.queue, self.stats,
+                                                          on_retest=self.retest_now):
             self.intake.relist()  # released messages are in the queue now
         if self._prune.due(now):
             self.ledger.prune(self.config.done_retention_hours)
@@ -327,6 +388,9 @@ class Supervisor:
             part.configure(new)
         self.pool.configure(new, scanner)
         self.pool.retire_idle()  # persistent workers restart with the new settings
+        self.retester.configure(new)
+        self._identity.interval = new.retest_check
+        self._read_identity(self.clock())
         log.info("configuration reloaded from %s", new.source)
 
     def _shutdown(self) -> None:

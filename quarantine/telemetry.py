@@ -23,7 +23,8 @@ RATE_WINDOW = 60.0  # seconds of deliveries the throughput is measured over
 # messages up to a batch of 30 at its 30 s per message
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0, 150.0, 300.0, 900.0)
 SUMMARY_KEYS = ("delivered", "quarantined", "crashes", "unexplained", "strikes", "canary_runs",
-                "ignored_lines", "odd_entries", "worker_starts")
+                "ignored_lines", "odd_entries", "worker_starts", "tagged", "retests", "retest_passed",
+                "retest_crashed")
 
 
 class Telemetry:

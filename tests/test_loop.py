@@ -95,8 +95,9 @@ def test_a_stop_between_two_reads_of_a_pass_still_settles_what_ended(tmp_path):
 
 
 def test_a_hung_worker_is_killed_at_its_deadline_of_injected_time(tmp_path):
-    """The deadline is start-up allowance + timeout x size, on the loop's clock: the
-    test moves the clock past it instead of waiting 40 seconds."""
+    """The deadline is start-up allowance + timeout x size, then timeout after each
+    progress line, on the loop's clock: the test moves the clock past it instead of
+    waiting 30 seconds."""
     clock = Clock()
     sup, store, spool, ids = make(tmp_path, 1, {0: "hang"}, clock, timeout=30.0,
                                   startup_allowance=10.0)
@@ -105,10 +106,14 @@ def test_a_hung_worker_is_killed_at_its_deadline_of_injected_time(tmp_path):
         assert sup.step(clock(), follow=False) is None
         (run,) = sup.pool.runs.values()
         assert run.deadline == 1040.0
-        clock.t = 1039.9
+        # its `begin` line moves the deadline to timeout after it (read at 1000): wait
+        # for it on real time, or it lands after the clock moved and moves it further
+        settle_real(sup, lambda: run.begun, "the begin line")
+        assert run.deadline == 1030.0
+        clock.t = 1029.9
         sup.pool.wait(0.01, lambda: False)
         assert run.proc.poll() is None, "killed before its deadline"
-        clock.t = 1040.0
+        clock.t = 1030.0
         sup.pool.wait(0.01, lambda: False)
         settle_real(sup, lambda: run.proc.exit is not None, "the kill to land")
         assert run.proc.killed_by_us == "timeout"

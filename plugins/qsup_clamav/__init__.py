@@ -16,7 +16,10 @@
 
 Verdicts are ``clean`` and ``infected NAME``. An infected message is not poison: it
 is the scanner's answer, passed to the ``qsup_verdict`` hook (this plugin logs it,
-rate-capped) and handed on like any scanned message. What is a crash: clamscan dying
+rate-capped) and acted on as ``on_infected`` says (quarantined, kind infected, by
+default). The scanner's identity (docs/reference.md §9) is clamd's ``VERSION``
+answer, or ``clamscan --version``: a signature update changes it, and poison
+quarantined under the old one is re-tested. What is a crash: clamscan dying
 or exiting 2, clamd closing the connection mid-message or answering ``ERROR`` (a
 message clamd cannot scan is never passed as clean).
 """
@@ -27,6 +30,8 @@ import logging
 import os
 import shlex
 import shutil
+import socket
+import subprocess
 import sys
 
 from quarantine import pluginopts
@@ -80,7 +85,9 @@ def make_clamscan(config) -> CommandScanner:
         argv += [f"--arg={a}" for a in shlex.split(opts["args"])]
     except ValueError as exc:
         raise ConfigError(f"[plugin.clamscan] args: {exc}") from None
-    return CommandScanner(argv + ["--"], mode="oneshot", name="clamscan")
+    version = [exe, "--version"] + (["--database", opts["database"]] if opts["database"] else [])
+    return CommandScanner(argv + ["--"], mode="oneshot", name="clamscan",
+                          reader=lambda: _first_line(version))
 
 
 def make_clamd(config) -> CommandScanner:
@@ -89,7 +96,36 @@ def make_clamd(config) -> CommandScanner:
     argv = [sys.executable, "-m", "qsup_clamav.clamd_worker", "--socket", sock,
             "--timeout", str(opts["timeout"]), "--connect-wait", str(opts["connect_wait"]),
             "--chunk-size", str(opts["chunk_size"])]
-    return CommandScanner(argv, mode="persistent", name="clamd")
+    return CommandScanner(argv, mode="persistent", name="clamd",
+                          reader=lambda: clamd_version(sock, min(5.0, opts["timeout"])))
+
+
+def clamd_version(sock: str, timeout: float) -> str:
+    """clamd's ``VERSION`` answer: engine, signature version and date, e.g.
+    ``ClamAV 1.4.6/27000/Tue Dec  1 09:00:00 2026``. A new signature database (a
+    RELOAD after freshclam) changes it."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(timeout)
+        conn.connect(sock)
+        conn.sendall(b"zVERSION\0")
+        answer = b""
+        while not answer.endswith(b"\0"):
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    text = answer.rstrip(b"\0").decode("utf-8", "replace").strip()
+    if not text.startswith("ClamAV"):
+        raise OSError(f"clamd at {sock} answered VERSION with {text[:80]!r}")
+    return " ".join(text.split())
+
+
+def _first_line(argv: list[str]) -> str:
+    cp = subprocess.run(argv, capture_output=True, timeout=10, stdin=subprocess.DEVNULL, check=False)
+    line = cp.stdout.decode("utf-8", "replace").strip().splitlines()
+    if cp.returncode != 0 or not line:
+        raise OSError(f"{' '.join(argv)}: exit {cp.returncode}, no version")
+    return line[0].strip()
 
 
 @hookimpl
@@ -105,5 +141,5 @@ def qsup_verdict(qid: str, verdict: str, queue) -> None:
     """Infected: said once per message (rate-capped), then handed on as usual."""
     kind, _, name = verdict.partition(" ")
     if kind == "infected":
-        _infected(logging.WARNING, "%s is infected (%s): a verdict, not a crash; the %s queue "
-                  "hands it on like any scanned message", qid, name or "?", queue.name, qid=qid)
+        _infected(logging.WARNING, "%s is infected (%s): a verdict, not a crash (on_infected "
+                  "says what the %s queue does with it)", qid, name or "?", queue.name, qid=qid)
