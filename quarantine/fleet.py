@@ -217,6 +217,21 @@ def refusal(exc: Exception) -> str | None:
     return None
 
 
+def _no_tls(url: str, exc: Exception) -> str | None:
+    """A rediss:// handshake that timed out although the port takes connections:
+    the server does not speak TLS (a setting to fix, not an outage)."""
+    import redis
+
+    parts = urlsplit(url)
+    if parts.scheme != "rediss" or not isinstance(exc, (redis.TimeoutError, TimeoutError)):
+        return None
+    try:
+        socket.create_connection((parts.hostname or "localhost", parts.port or 6379), START_TIMEOUT).close()
+    except OSError:
+        return None
+    return "TLS failed (no TLS handshake from a server that takes connections: is it a redis:// one?)"
+
+
 # -------------------------------------------------------------------- fleet
 class Fleet:
     """The gateway's side of the fleet: lookups, publications, the link's health.
@@ -245,7 +260,7 @@ class Fleet:
         try:
             client.ping()
         except Exception as exc:  # redis.RedisError and the socket's own errors
-            why = refusal(exc)
+            why = refusal(exc) or _no_tls(self.config.fleet, exc)
             if why:
                 raise ConfigError(f"fleet: {_safe(self.config.fleet)}: {why}") from None
             self._went_down(exc)

@@ -9,8 +9,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -191,15 +189,18 @@ def test_redis_down_mid_drain_loses_nothing(tmp_path, server, gateway_a):
     where = assert_conserved(b.spool, [f"B{i:06d}" for i in range(480)] + sorted(bad))
     assert where["quarantine"] == bad and len(where["outgoing"]) == 480
     assert err.count("is not answering") == 1, err[-2000:]  # said once
-    # Gateway C confirms new poison while Redis is down: kept, sent once it is back.
-    c = gateway(tmp_path, "c")
-    c_ids = build_spool(str(c.spool), 60, {5: "segv", 40: "abort"})
-    drain(c, server.url, "C")
-    assert len(assert_conserved(c.spool, c_ids)["quarantine"]) == 2
+    # Gateway A confirms new poison while Redis is down: kept, sent once it is back.
+    new = {f"A2{i:04d}": make_message(20_000 + i, {5: "segv", 40: "abort"}.get(i)) for i in range(60)}
+    for qid, data in new.items():
+        (a.spool / "tmp" / qid).write_bytes(data)
+        os.rename(a.spool / "tmp" / qid, a.spool / "incoming" / qid)
+    drain(a, server.url, "A")
+    assert assert_conserved(a.spool, list(new))["quarantine"] >= {"A20005", "A20040"}
     server.start()  # back, empty (no persistence)
-    drain(c, server.url, "C")  # nothing to scan: the outbox goes out
+    drain(a, server.url, "A")  # nothing to scan: the outbox goes out
     words = entries(server)
-    assert len(words) == 2 and all(set(w) == {"C"} for w in words.values())
+    assert len(words) == 2 and all(set(w) == {"A"} for w in words.values())
+    assert {w["A"]["qid"] for w in words.values()} == {"A20005", "A20040"}
 
 
 def test_poisoned_fleet_delivers_innocents_alone(tmp_path, server):
@@ -232,6 +233,8 @@ def test_wrong_password_is_one_line_exit_2(tmp_path):
         proc = gw.drain("--worker", DEMO, "--fleet", f"redis://:right-one@127.0.0.1:{srv.port}/0")
         assert proc.returncode == 2 and "no password on the command line" in proc.stderr
         assert "right-one" not in proc.stderr
+        proc = gw.drain("--worker", DEMO, "--fleet", f"rediss://127.0.0.1:{srv.port}/0")
+        assert proc.returncode == 2 and "TLS failed" in proc.stderr, proc.stderr  # a plain server
         secret.write_text("right-one\n")
         proc = gw.drain("--worker", DEMO, "--fleet", srv.url, "--fleet-auth-file", str(secret))
         assert proc.returncode == 0, proc.stderr[-2000:]
