@@ -22,6 +22,7 @@ Only this module imports redis, and only when ``fleet`` is set.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -92,8 +93,6 @@ def _header_end(data: bytes) -> int | None:
 def _digest(chunks: Iterable[bytes]) -> str | None:
     """Hash the words of *chunks* joined by single spaces (whitespace normalised,
     so line endings and re-wrapped trailing blanks do not matter)."""
-    import hashlib
-
     h, length, carry = hashlib.blake2b(digest_size=16), 0, b""
     for chunk in chunks:
         words = (carry + chunk).split()
