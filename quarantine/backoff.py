@@ -16,6 +16,9 @@ PROBE_FIRST, PROBE_CAP = 0.25, 300.0
 # Respawning a persistent worker that keeps dying at start-up: 0.2 s, 0.4 s … at most 30 s.
 RESPAWN_FIRST, RESPAWN_CAP = 0.2, 30.0
 
+# Asking the fleet's Redis again after it failed: 1 s, 2 s, 4 s … at most a minute.
+FLEET_FIRST, FLEET_CAP = 1.0, 60.0
+
 _MAX_DOUBLINGS = 1000  # far past any cap, and 2.0 ** 1000 is still a finite float
 
 
@@ -37,3 +40,8 @@ def probe_delay(attempt: int) -> float:
 def respawn_delay(attempt: int) -> float:
     """Seconds to wait before starting a spare worker again after *attempt* deaths."""
     return capped_exponential(attempt, RESPAWN_FIRST, RESPAWN_CAP)
+
+
+def fleet_delay(attempt: int) -> float:
+    """Seconds before the fleet's Redis is asked again after *attempt* failures in a row."""
+    return capped_exponential(attempt, FLEET_FIRST, FLEET_CAP)

@@ -16,6 +16,7 @@ import typing
 from dataclasses import dataclass, field, fields
 from types import NoneType
 from typing import Any
+from urllib.parse import urlsplit
 
 from quarantine.errors import ConfigError
 
@@ -201,6 +202,22 @@ class Config:
                               minimum=0.01)
     retest_check: float = _key(300.0, "Seconds between readings of the scanner's identity in run "
                                "(also read at start, on reload and on qsup retest).", minimum=1)
+    # -- the fleet (docs/reference.md §10): gateways sharing poison fingerprints through Redis
+    fleet: str | None = _key(None, "Redis URL of the fleet (redis://HOST:PORT/DB, rediss:// for "
+                             "TLS): confirmed poison is shared with the other gateways. A password "
+                             "goes in the config file's URL, fleet_auth_file or "
+                             "$QSUP_FLEET_PASSWORD, never on the command line.", optional=True,
+                             metavar="URL", shown="off")
+    fleet_name: str | None = _key(None, "This gateway's name in the fleet.", optional=True,
+                                  metavar="NAME", shown="the host name")
+    fleet_trust: str = _key("solo", "A message the fleet confirms as poison: 'solo' (it runs alone "
+                            "at once, and one crash there quarantines it) or 'quarantine' "
+                            "(quarantined without running).", choices=("solo", "quarantine"))
+    fleet_ttl: float = _key(2592000.0, "Seconds a fleet entry lives after its last publication.",
+                            minimum=60, shown="2592000 (30 days)")
+    fleet_auth_file: str | None = _key(None, "File with the fleet's Redis password (one line), or "
+                                       "a user and a password (two lines); else "
+                                       "$QSUP_FLEET_PASSWORD.", optional=True, metavar="FILE")
     plugin: dict = field(default_factory=dict)  # [plugin.NAME] tables: NAME -> {key: value}
     source: str = "built-in defaults"
     # the keys the file or a flag set ("plugin.NAME" for a plugin's options): what
@@ -266,7 +283,16 @@ def check(name: str, value: Any, where: str) -> Any:
         raise ConfigError(f"{where}: {name} must be at least {spec.minimum}, not {value!r}")
     if spec.choices and value not in spec.choices:
         raise ConfigError(f"{where}: {name} must be one of {', '.join(spec.choices)}, not {value!r}")
+    if name == "fleet" and where.startswith("--"):
+        _no_password(value, where)
     return value
+
+
+def _no_password(url: str, where: str) -> None:
+    """A password on the command line is seen by every user (ps(1)): refused."""
+    if urlsplit(url).password:
+        raise ConfigError(f"{where}: no password on the command line (ps shows it): put it in "
+                          "fleet_auth_file, $QSUP_FLEET_PASSWORD or the config file's fleet URL")
 
 
 def _names(name: str, value: Any, where: str) -> tuple[str, ...]:

@@ -34,6 +34,7 @@ class Isolation:
         self.suspects: deque[Waiting] = deque()
         self.candidates: dict[str, Candidate] = {}  # message key -> candidate
         self.hunts = Hunts()
+        self.lent: dict[str, int] = {}  # strikes the fleet lent a suspect (fleet.py): not crashes
         self._serial = serial or itertools.count(1)
 
     def configure(self, config: Config) -> None:
@@ -97,7 +98,8 @@ class Isolation:
                     hist.save(w)
         noise = 0
         if batch.lane is Lane.SUSPECT and decision.deliver:
-            noise += sum(strikes_of(w, q, fps[q]) for q in decision.deliver if q in fps)
+            noise += sum(max(0, strikes_of(w, q, fps[q]) - self.lent.get(q, 0))
+                         for q in decision.deliver if q in fps)
         if unexplained:
             noise += 1
             self.stats["unexplained"] += 1
@@ -197,4 +199,5 @@ class Isolation:
     def release(self, qid: str) -> None:
         """qsup no longer holds *qid* (delivered, quarantined, vanished)."""
         self.held.pop(qid, None)
+        self.lent.pop(qid, None)
 

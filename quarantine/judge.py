@@ -25,6 +25,7 @@ from collections import Counter
 
 from quarantine.environment import Environment, Proof
 from quarantine.events import Events
+from quarantine.fleet import Fleet
 from quarantine.isolation import Isolation
 from quarantine.hookspecs import Move, Queue
 from quarantine.ledger import Candidate, Ledger, strikes_of
@@ -125,14 +126,27 @@ class Judge:
         return move
 
     def quarantine(self, cand: Candidate, evidence: dict) -> None:
+        evidence, fleet_fp = self._fleet_evidence(cand, evidence)
         record = self.ledger.quarantine(cand, evidence)
         self.isolation.release(cand.qid)
         self.queue.scan_done(cand.qid)
         if record is None:
             return
+        if fleet_fp:
+            self.fleet.confirmed(fleet_fp, record)  # poison only: verdicts are never published
         self.stats["quarantined"] += 1
         log.warning("quarantined %s (%s%s) after %d strike(s): from %s, subject %s", cand.qid,
                     record["why"], f", {record['signal']}" if record["signal"] else "",
                     record["strikes"], record["sender"] or "?", record["subject"] or "?",
                     extra={"qid": cand.qid})
         self.events.quarantined(record=record)
+
+    # ------------------------------------------------------------------ fleet
+    fleet: Fleet | None = None  # set by the supervisor (docs/reference.md §10)
+
+    def _fleet_evidence(self, cand: Candidate, evidence: dict) -> tuple[dict, str | None]:
+        """What the fleet said of *cand*, and the fleet fingerprint to publish it under
+        (read before the move)."""
+        if self.fleet is None:
+            return evidence, None
+        return self.fleet.before_quarantine(self.queue, cand, evidence)

@@ -12,6 +12,7 @@ Named databases, values are compact JSON:
   intents     group key -> moves about to happen (write-ahead, see moves.py)
   journal     time:tag -> what happened to messages (the audit trail, journal.py)
   outbox      events waiting for the operator's digest mail (outbox.py)
+  fleet       fingerprint -> a publication waiting for the fleet's Redis (fleet.py)
 
 A message key is ``ID:fingerprint`` so a reused queue ID starts with a clean record.
 Only the supervisor holding ``lock`` writes; other commands read, or ask it.
@@ -38,8 +39,8 @@ from quarantine.errors import StateError, StateFull
 from quarantine.lock import PidLock
 
 SCHEMA = 1
-DBS = ("meta", "batches", "pending", "history", "quarantine", "done", "intents", "journal", "outbox")
-LATER = ("journal", "outbox")  # added since SCHEMA 1: a state from before has none until a write open
+DBS = ("meta", "batches", "pending", "history", "quarantine", "done", "intents", "journal", "outbox", "fleet")
+LATER = ("journal", "outbox", "fleet")  # added since SCHEMA 1: a state from before has none until a write open
 DEFAULT_MAP_MB = 1024
 LOCK_FILE = "lock"  # in the state directory, held by the one qsup writing it
 DATA_FILE = "data.mdb"

@@ -10,6 +10,7 @@ transaction: workers are fresh processes (exec), never forks of qsup.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import math
@@ -23,6 +24,8 @@ from quarantine.config import Config
 from quarantine.environment import Environment, Proof
 from quarantine.errors import EXIT_BREAKER, EXIT_OK, QueueError, StateError
 from quarantine.events import Events
+from quarantine.fleet import PATH as fleet_path
+from quarantine.fleet import Fleet
 from quarantine.hookspecs import Queue, Scanner
 from quarantine.intake import Intake
 from quarantine.isolation import Isolation
@@ -73,6 +76,9 @@ class Supervisor:
         self.ledger = Ledger(store, queue, wall, lambda: self.retester.identity, self.notifier.outbox)
         self.judge = Judge(self.env, self.isolation, self.ledger, queue, self.events, self.stats, clock)
         self.canary_path = canary.prepare(self.state_dir, config.canary)
+        self.fleet = Fleet(config, store, self.ledger.journal.scanner, clock, wall)  # §10
+        self.judge.fleet = self.fleet
+        self._fleet_unrun: list = []  # candidates the fleet quarantines unrun (fleet_trust)
         self.stop = Stop.NONE
         self.stop_deadline = math.inf
         self.reload: Callable[[], Config] | None = None
@@ -117,6 +123,7 @@ class Supervisor:
         found = recover(self.store, self.queue, self.config, self.state_dir, self.clock(),
                         self.wall(), self._new_id)
         self.isolation.seed(found.suspects, found.candidates)
+        self.fleet.start()
         return found.report
 
     def step(self, now: float, follow: bool) -> int | None:
@@ -196,6 +203,7 @@ class Supervisor:
                 if e.outcome.ending is Ending.OK:
                     self.pool.mode.batch_ok()
                 self.judge.ended(w, e, decision, now, self.wall())
+                self._fleet_passed(w, e, decision)
                 moving, held = self._deliveries(e, decision)
                 delivers += moving
                 verdict_held += held
@@ -204,6 +212,7 @@ class Supervisor:
                 self.ledger.deliver(w, key, delivers, ended)  # the intent, and the journal
             if dispatch and not self.env.is_open:  # a storm in this pass stops its dispatch
                 ready = self._dispatch(w)
+        self._fleet_quarantine()
         for inflight in ready:
             self._launch(inflight, now)
         if self.events.wants_verdicts:
@@ -254,6 +263,7 @@ class Supervisor:
         ready, wall = [], self.wall()
         for waiting in batches:
             inflight, gone = self.intake.identify(waiting, self._new_id())
+            inflight = self._fleet_known(w, inflight)
             for qid in gone:
                 self.isolation.release(qid)
             if waiting.pending:
@@ -286,6 +296,37 @@ class Supervisor:
 
     def _new_id(self) -> str:
         return f"{int(self.wall() * 1000):x}-{os.getpid():x}-{next(self._ids):x}"
+
+    # ------------------------------------------------------------------- fleet
+    def _fleet_known(self, w: Txn, inflight: InFlight) -> InFlight:
+        """The messages of a clean batch the fleet confirms as poison (one round
+        trip) leave it: alone at once, or quarantined unrun (docs/reference.md §10)."""
+        batch = inflight.batch
+        if not self.fleet.on or batch.lane is not Lane.CLEAN or not batch.ids:
+            return inflight
+        known = self.fleet.lookup({q: self.queue.scan_path(q) for q in batch.ids})
+        for qid, entry in known.items():
+            unrun = self.fleet.hold(w, self.isolation, qid, inflight.fps[qid], inflight.sizes.get(qid, 0),
+                                    entry, f"fleet.{self._new_id()}", self.clock())
+            if unrun is not None:
+                self._fleet_unrun.append(unrun)
+        if not known:
+            return inflight
+        keep = tuple(q for q in batch.ids if q not in known)
+        return InFlight(inflight.batch_id, dataclasses.replace(batch, ids=keep),
+                        {q: inflight.fps[q] for q in keep}, {q: inflight.sizes[q] for q in keep})
+
+    def _fleet_quarantine(self) -> None:
+        """Quarantine what the fleet convicts unrun (after the pass's commit)."""
+        unrun, self._fleet_unrun = self._fleet_unrun, []
+        for cand in unrun:
+            self.judge.quarantine(cand, {"fleet_trust": "quarantine"})
+
+    def _fleet_passed(self, w: Txn, e: Ended, decision) -> None:
+        """A message the fleet sent to run alone passed: its entry is disputed."""
+        if self.fleet.on and e.batch.path[:1] == fleet_path and e.outcome.ending is Ending.OK:
+            for qid in decision.deliver:
+                self.fleet.disputed(w, self.queue.scan_path(qid), qid)
 
     # ------------------------------------------------------------------- prove
     def _prove(self, now: float) -> None:
@@ -358,6 +399,7 @@ class Supervisor:
         if self._prune.due(now):
             self.ledger.prune(self.config.done_retention_hours)
         self.notifier.tick(now)
+        self.fleet.tick(now)
         if self.on_tick:
             self.on_tick(self)
 
@@ -407,6 +449,7 @@ class Supervisor:
         self.pool.sweep_orphans()
         self.ledger.put_status(self.snapshot(now, force=True))
         self.notifier.flush()  # what is due goes out before qsup exits
+        self.fleet.close()  # so do the fleet's publications, if Redis answers
         self.pool.close()
 
 

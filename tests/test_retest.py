@@ -8,11 +8,13 @@ import json
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import WORKERS, assert_conserved, spool_counts, wait_for
 
 from quarantine import journal
+from quarantine.demo import build_spool
 from quarantine.store import Store
 
 pytestmark = pytest.mark.timeout(120)
@@ -133,3 +135,26 @@ def test_a_running_qsup_retests_when_told_and_keeps_the_rate(qsup, versioned, ma
     assert len(starts) == 10
     gaps = [b - a for a, b in zip(starts, starts[1:])]
     assert min(gaps) >= 0.45, gaps  # 120 a minute: one every 0.5 s
+
+
+def test_clean_traffic_flows_while_a_retest_runs_at_its_rate(qsup, versioned, make_spool):
+    """Re-tests go one at a time beside the traffic: clean messages that arrive after
+    the fix are scanned and delivered while the re-tests are still going."""
+    assert versioned.drain().returncode == 0
+    versioned.flip("2")
+    fresh = build_spool(str(qsup.spool), 600, {}, start=time.time())  # new mail, after the fix
+    fresh = [f"N{q}" for q in fresh]
+    for q in fresh:
+        (qsup.spool / "incoming" / q[1:]).rename(qsup.spool / "incoming" / q)
+    versioned.log.write_text("")
+    second = versioned.drain("--retest-rate", "300", "--batch-size", "10")
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert qsup.summary(second)["retest_passed"] == 10
+    lines = [line.split() for line in versioned.log.read_text().splitlines()]
+    retests = [float(t) for t, what, _ in lines if what == "retest"]
+    scans = [float(t) for t, what, _ in lines if what == "scan"]
+    between = [t for t in scans if retests[0] < t < retests[-1]]
+    assert len(between) >= 50, f"{len(between)} clean scans while re-testing"
+    gaps = [b - a for a, b in zip(retests, retests[1:])]
+    assert min(gaps) >= 0.18, gaps  # 300 a minute: one every 0.2 s
+    assert set(fresh) <= spool_counts(qsup.spool)["outgoing"]

@@ -20,9 +20,9 @@ def version() -> str:
 def scan(path, qid):
     v = version()
     log = os.environ.get("SCAN_LOG")
-    if log and "/quarantine/" in path:  # a re-test: scanned where it lies in the quarantine
+    if log:  # a re-test is scanned where it lies in the quarantine
         with open(log, "a") as fh:
-            fh.write(f"{time.time():.3f} retest {qid}\n")
+            fh.write(f"{time.time():.3f} {'retest' if '/quarantine/' in path else 'scan'} {qid}\n")
     with open(path, "rb") as fh:
         head = fh.read(4096)
     if v == "broken" or (v in ("1", "1b") and b"X-Demo-Poison:" in head):
