@@ -114,12 +114,13 @@ def test_a_running_qsup_retests_when_told_and_keeps_the_rate(qsup, versioned, ma
     """`qsup run` reads the identity on `qsup retest` (freshclam's OnUpdateExecute);
     re-tests start at most retest_rate a minute, while clean traffic flows."""
     assert versioned.drain().returncode == 0
+    errlog = qsup.state.parent / "run.err"
     daemon = subprocess.Popen(versioned.argv("run", "--retest-rate", "120", "--retest-check", "3600"),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              stdout=subprocess.DEVNULL, stderr=open(errlog, "w"), text=True,
                               env=versioned.env, cwd=str(qsup.state.parent))
-    try:
-        wait_for(lambda: qsup.state.is_dir() and Store.holder(str(qsup.state)), 20, what="the daemon")
-        assert daemon.poll() is None, daemon.stderr.read()
+    try:  # it has read the identity (version 1) once it says it is watching
+        wait_for(lambda: "watching" in errlog.read_text() or daemon.poll() is not None, 20, what="the daemon")
+        assert daemon.poll() is None, errlog.read_text()
         versioned.flip("2")
         told = qsup("retest", timeout=30)
         assert told.returncode == 0 and "changed from versioned-scanner 1 to versioned-scanner 2" \
@@ -127,7 +128,8 @@ def test_a_running_qsup_retests_when_told_and_keeps_the_rate(qsup, versioned, ma
         wait_for(lambda: not spool_counts(qsup.spool)["quarantine"], 30, what="the re-tests")
     finally:
         daemon.send_signal(signal.SIGTERM)
-        _, err = daemon.communicate(timeout=30)
+        daemon.wait(timeout=30)
+    err = errlog.read_text()
     assert daemon.returncode == 0, err[-2000:]
     assert "Traceback" not in err
     starts = [float(line.split()[0]) for line in versioned.log.read_text().splitlines()
