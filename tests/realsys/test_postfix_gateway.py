@@ -7,6 +7,7 @@ link in the same chain, delivery to smtp-sink whose dumps show what was delivere
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import signal
@@ -178,3 +179,107 @@ def test_kill_9_between_the_reinjection_and_the_delete_delivers_one_tagged_copy(
     tagged = [d for d in dumps if b"X-Link-t: spam" in d]
     assert len(tagged) == 1 and tagged[0].count(b"X-Spam-Flag: YES") == 1
     assert gw.hold_ids() == [] and not QUEUED_AS.search(run.stderr), "a second copy was sent"
+
+
+# ------------------------------------------------------ the gateway, under load
+CRASH_PLUGIN = f'''
+import sys
+from quarantine.hookspecs import hookimpl
+from quarantine.scanner import CommandScanner
+
+def make(config):
+    return CommandScanner([sys.executable, {str(WORKERS / "chainlink.py")!r}], mode="persistent",
+                          extra_env={{"LINK_NAME": "crash"}}, name="link-crash")
+
+@hookimpl
+def qsup_scanner_types():
+    return {{"link-crash": make}}
+'''
+SIGNATURE = "Qsup.Test.Marker.UNOFFICIAL"
+LOAD, SPECIAL = 975, {"infected": 10, "spam": 10, "poison": 5}
+
+
+def special_messages() -> dict[str, list[bytes]]:
+    """The 25 whose content matters: the test's ClamAV marker, the tiny spamd rule
+    set's subject, a header that makes the chain's last link segfault."""
+    return {"infected": [mail.infected(100 + i) for i in range(10)],
+            "spam": [mail.plain(200 + i, subject=mail.SPAM_SUBJECT) for i in range(10)],
+            "poison": [with_header(mail.plain(300 + i), "X-Link-crash: segv") for i in range(5)]}
+
+
+def smtp_source(pf, count: int) -> None:
+    """Postfix's own load generator: *count* messages, 5 sessions, 20 per session."""
+    argv = [harness.require("smtp-source", "postfix"), "-s", "5", "-m", str(count), "-C", "20", "-l", "2000",
+            "-f", "load@example.org", "-t", "rcpt@example.net", "-M", "load.example.org",
+            f"{pf.host}:{pf.port}"]
+    subprocess.run(argv, check=True, timeout=60, stdin=subprocess.DEVNULL, capture_output=True)
+
+
+def _write_gateway_config(tmp: Path, pf, clamd, spamd) -> Path:
+    qdir = tmp / "pf-quarantine"
+    (tmp / "qsup.toml").write_text(
+        f'queue = "postfix"\nscanners = ["clamd", "spamc", "link-crash"]\nworkers = 2\n'
+        f'batch_size = 30\ntimeout = 20.0\n\n[plugin.postfix]\nconfig_directory = "{pf.config_dir}"\n'
+        f'quarantine_dir = "{qdir}"\nreinject = "127.0.0.1:{pf.reinject_port}"\n\n'
+        f'[plugin.clamd]\nsocket = "{clamd.socket_path}"\n\n'
+        f'[plugin.spamc]\nhost = "{spamd.host}"\nport = {spamd.port}\n')
+    return qdir
+
+
+@pytest.mark.timeout(240)
+def test_a_thousand_messages_through_the_gateway(gw, sink, qsup, tmp_path):
+    harness.require("spamc", "spamc")
+    sigdir = tmp_path / "sigs"
+    assert harness.write_clamav_signature(sigdir, mail.AV_MARKER) == SIGNATURE
+    # "qsup_crashlink", not "qsup-crashlink": the dist-info name up to its first "-" is
+    # the distribution, and one named "qsup" would hide qsup's own entry points.
+    env = plugin_dist(tmp_path, "qsup_crashlink", {"crashlink": "crashlink"}, {"crashlink": CRASH_PLUGIN})
+    env["CHAIN_LOG"] = str(tmp_path / "chain.log")
+    t0 = time.monotonic()
+    smtp_source(gw, LOAD)
+    special = {kind: [gw.submit(m) for m in msgs] for kind, msgs in special_messages().items()}
+    held = set(gw.wait_hold_count(LOAD + 25, timeout=60))
+    clean = held - {q for ids in special.values() for q in ids}
+    sample = {q: gw.postcat(q) for q in sorted(clean)[:: LOAD // 15]}
+    t_in = time.monotonic() - t0
+    with harness.clamd_instance(tmp_path, sigdir) as clamd, harness.spamd_instance(tmp_path) as spamd:
+        _write_gateway_config(tmp_path, gw, clamd, spamd)
+        t0 = time.monotonic()
+        run = qsup("drain", "--json", env=env, timeout=200)
+        t_drain = time.monotonic() - t0
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = qsup.summary(run)
+    assert (summary["delivered"], summary["quarantined"]) == (LOAD + 10, 15), summary
+
+    # Held back: the infected and the poison stay on hold, each quarantined as what it is.
+    kinds = {kind: {r["qid"] for r in json.loads(qsup("list", "--kind", kind, "--json").stdout)}
+             for kind in ("infected", "poison", "spam")}
+    assert kinds == {"infected": set(special["infected"]), "poison": set(special["poison"]), "spam": set()}
+    assert set(gw.hold_ids()) == kinds["infected"] | kinds["poison"], "on hold and not quarantined"
+
+    dumps = delivered(sink, LOAD + 10, timeout=60)
+    assert len(dumps) == LOAD + 10, "delivered twice, or not at all"
+    tagged = [d for d in dumps if b"\nX-Spam-Flag: YES\n" in header_block(d)]
+    assert len(tagged) == 10 and all(mail.SPAM_SUBJECT.encode() in d for d in tagged)
+    assert sorted(_received_id(d, skip=1) for d in tagged) == sorted(special["spam"])  # copies of them
+    untouched = [d for d in dumps if d not in tagged]
+    assert sorted(_received_id(d) for d in untouched) == sorted(clean)
+    assert not any(b"X-Spam-" in d or HEADER.encode() in d for d in untouched)
+    by_id = {_received_id(d): d for d in untouched}
+    assert all(content in by_id[q] for q, content in sample.items()), "a clean message was changed"
+
+    # Nothing sent to a sender: every delivery went to the message's own recipient.
+    assert {tuple(envelope_of(d)[1]) for d in dumps} == {("rcpt@example.net",)}
+    log = gw.log_text()
+    assert "postfix/bounce" not in log and "sender non-delivery" not in log
+    assert len(re.findall(r"postfix/smtp\[\d+\]: \w+: to=<rcpt@example\.net>.*status=sent", log)) == LOAD + 10
+    assert len(QUEUED_AS.findall(run.stderr)) == 10
+    print(f"\n{LOAD + 25} messages: in and held in {t_in:.1f}s, drained in {t_drain:.1f}s")
+
+
+def _received_id(dump: bytes, skip: int = 0) -> str:
+    """The queue ID in the Received: line Postfix's smtpd wrote (skipping smtp-sink's
+    and, for a tagged copy, the re-injection's: *skip* more)."""
+    ids = re.findall(rb"by qsup-test\.localdomain \(Postfix\) with E?SMTP id (\w+)\b", dump)
+    assert len(ids) > skip, dump[:1500].decode("utf-8", "replace")
+    return ids[skip].decode()
