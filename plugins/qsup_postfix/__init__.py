@@ -21,6 +21,11 @@ Options (``[plugin.postfix]`` in qsup.toml, or ``--plugin-option postfix.KEY=VAL
     ``QUARANTINE_DIR/.scan``.
 ``command_timeout``
     Seconds a Postfix command may take (default 60).
+``reinject``
+    ``HOST:PORT`` (loopback) of the re-injection smtpd in master.cf (see POSTFIX.md):
+    with it, spam is delivered tagged (a tagged copy is re-injected and the held
+    original deleted, :mod:`qsup_postfix.reinject`); empty (default): spam is
+    delivered untagged, and qsup says so once.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ OPTIONS = {
     "quarantine_dir": Option(str, "", f"copies of quarantined messages (default {QUARANTINE_BASE}/NAME)"),
     "scan_dir": Option(str, "", "scanner copies (default QUARANTINE_DIR/.scan)"),
     "command_timeout": Option(float, 60.0, "seconds a Postfix command may take", minimum=1),
+    "reinject": Option(str, "", "HOST:PORT of the re-injection smtpd (tagged copies); empty: spam untagged"),
 }
 
 
@@ -61,7 +67,7 @@ def _postfix(config) -> tuple[Postfix, dict]:
 def make_queue(config) -> PostfixQueue:
     postfix, opts = _postfix(config)
     qdir = opts["quarantine_dir"] or default_quarantine_dir(opts["config_directory"])
-    queue = PostfixQueue(postfix, qdir, opts["scan_dir"])
+    queue = PostfixQueue(postfix, qdir, opts["scan_dir"], opts["reinject"])
     # When the queue is dropped, or at exit: the scanner copies go, the lock is let go.
     weakref.finalize(queue, _close, queue.scan_dir, queue.store)
     return queue

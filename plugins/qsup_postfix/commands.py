@@ -97,6 +97,28 @@ class Postfix:
             return False
         raise PostfixError(f"postcat -bh -q {qid}: {_one_line(cp.stderr)}")
 
+    def envelope(self, qid: str) -> tuple[str, list[str]] | None:
+        """The envelope sender ("" for the null sender) and the recipients still to
+        deliver to (``postcat -e -q ID``); None if Postfix has no queue file by that
+        ID. Each record is a line of its own, so no address can forge another."""
+        _check(qid)
+        cp = self._run("postcat", "-e", "-q", qid)
+        if cp.returncode != 0:
+            if _NO_QUEUE_FILE in cp.stderr:
+                return None
+            raise PostfixError(f"postcat -e -q {qid}: {_one_line(cp.stderr)}")
+        senders, recipients = [], []
+        for line in cp.stdout.decode("utf-8", "surrogateescape").split("\n"):
+            field, sep, value = line.partition(": ")
+            if sep and field == "sender":
+                senders.append(value)
+            elif sep and field == "recipient":
+                recipients.append(value)
+        if len(senders) != 1 or not recipients:
+            raise PostfixError(f"postcat -e -q {qid}: {len(senders)} senders and {len(recipients)} "
+                               f"recipients: not an envelope qsup can re-inject")
+        return senders[0], recipients
+
     def headers(self, qid: str, limit: int) -> bytes:
         """The message's header section (``postcat -h -q ID``), at most *limit* bytes."""
         _check(qid)
@@ -146,7 +168,6 @@ class Postfix:
         if cp.returncode != 0:
             log.warning("postqueue -i %s failed (%s); Postfix delivers it at its next queue run",
                         qid, _one_line(cp.stderr), extra={"qid": qid})
-
 
     def kick(self) -> None:
         """Have the queue manager look at the deferred queue now (``postkick public qmgr

@@ -11,6 +11,10 @@ move           what happens in Postfix
                pass's deliveries together (:meth:`PostfixQueue.apply_all`): one
                ``postsuper -H - hold`` with the IDs on stdin (each checked: still on
                hold afterwards is an error), then one ``postkick public qmgr D``
+→ outgoing,    (a spam verdict, with ``reinject`` set) a copy with the headers added
+  tagged       is re-injected over SMTP and lands on hold under a new ID; then the
+               original goes (``postsuper -d ID hold``) and the copy is released
+               (:mod:`qsup_postfix.reinject`)
 → quarantine   stays on hold; a copy goes into the quarantine store with a *claim*
                that hides it from :meth:`PostfixQueue.pending`
 → incoming     (``qsup release``) the claim and the copy go; the held message is
@@ -40,11 +44,13 @@ from collections.abc import Callable, Iterator
 
 from qsup_postfix import queuefile
 from qsup_postfix.commands import Postfix, PostfixError
+from qsup_postfix.reinject import HEADER, Reinjector, token
 from qsup_postfix.store import QuarantineStore
 from quarantine.hookspecs import MessageRef, Move, Quarantined
 from quarantine.ids import fingerprint, is_queue_id
 from quarantine.reports import Reports, file_kind
 from quarantine.spool import read_head
+from quarantine.verdicts import header_bytes
 
 log = logging.getLogger("qsup.postfix")
 
@@ -53,6 +59,7 @@ _HASH_DIR = re.compile(r"[0-9A-Fa-f]")
 _DURATION = re.compile(r"(\d+)\s*([smhdw]?)")
 _UNITS = {"": 86400, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}  # Postfix: bare = days
 _DIRECT_MAX = 256 * 1024  # bigger queue files: postcat, whose start-up is small beside them
+_COPY_HEAD = 16 * 1024  # where a re-injected copy's HEADER is: its first header lines
 
 
 def content_size(head: bytes) -> int | None:
@@ -82,8 +89,11 @@ def duration(value: str) -> float:
 class PostfixQueue:
     name = "postfix"
 
-    def __init__(self, postfix: Postfix, quarantine_dir: str, scan_dir: str = ""):
+    def __init__(self, postfix: Postfix, quarantine_dir: str, scan_dir: str = "", reinject: str = ""):
         self.postfix = postfix
+        # A delivery may add header lines (a spam verdict) only through re-injection.
+        self.reinjector = Reinjector(reinject, postfix.timeout) if reinject else None
+        self.can_tag = self.reinjector is not None
         params = postfix.params("queue_directory", "hash_queue_names", "enable_long_queue_ids",
                                 "maximal_queue_lifetime", "bounce_queue_lifetime")
         self.hold = os.path.join(params["queue_directory"], "hold")
@@ -156,6 +166,10 @@ class PostfixQueue:
             return None
         return path
 
+    def _on_hold(self, qid: str) -> bool:
+        path = self._path(qid)
+        return path is not None and os.path.lexists(path)
+
     def _fingerprint(self, qid: str, path: str, st: os.stat_result) -> str | None:
         key = (st.st_ino, st.st_size, st.st_mtime_ns)
         cached = self._fps.get(qid)
@@ -178,9 +192,12 @@ class PostfixQueue:
 
     def pending(self, limit: int, skip: Callable[[str], bool]) -> list[MessageRef]:
         quarantined = self._quarantined()
+        copies = self._copies()
         seen: set[tuple[str, str]] = set()
         entries = []
         for qid, path, st in self._held_files():
+            if qid in copies:
+                continue
             if qid in quarantined:
                 fp = self._fingerprint(qid, path, st)
                 if fp in quarantined[qid]:
@@ -198,8 +215,8 @@ class PostfixQueue:
         return [MessageRef(qid=qid, size=size, age_key=mtime) for mtime, qid, size in oldest]
 
     def depth(self) -> int:
-        quarantined = self._quarantined()
-        return sum(1 for qid, _, _ in self._held_files() if qid not in quarantined)
+        skipped = set(self._quarantined()) | self._copies()
+        return sum(1 for qid, _, _ in self._held_files() if qid not in skipped)
 
     def _identify_path(self, path: str) -> tuple[int, str] | None:
         found = read_head(path)
@@ -273,6 +290,8 @@ class PostfixQueue:
             return self._from_quarantine(move)
         if move.dest == "quarantine":
             return self._to_quarantine(move)
+        if move.dest == "outgoing" and move.tag and self.reinjector:
+            return self._tagged(move)
         if move.dest == "outgoing":
             ident = self.identify(move.qid)
             if ident is None:
@@ -311,10 +330,10 @@ class PostfixQueue:
             self.postfix.kick()
         return results
 
-    @staticmethod
-    def _batchable(move: Move) -> bool:
+    def _batchable(self, move: Move) -> bool:
         names = (move.qid, move.name) + ((move.source,) if move.source else ())
-        return move.origin == "incoming" and move.dest == "outgoing" and all(is_queue_id(n) for n in names)
+        plain = move.origin == "incoming" and move.dest == "outgoing" and not (move.tag and self.reinjector)
+        return plain and all(is_queue_id(n) for n in names)
 
     def _arrival(self, qid: str) -> float | None:
         path = self._path(qid)
@@ -362,6 +381,98 @@ class PostfixQueue:
             log.warning("%s was on hold for %.1f days (queue lifetime %.1f days): if its first "
                         "delivery attempt fails it bounces instead of being retried", qid,
                         age / 86400, self.lifetime / 86400, extra={"qid": qid})
+
+    # ------------------------------------------------------------ tagged copies
+    def _tagged(self, move: Move) -> str:
+        """A delivery with move.tag added: a tagged copy re-injected (it lands on hold
+        under a new ID), then the original deleted, then the copy released. The
+        plugin's record of the copy (written before the copy is sent, given its ID
+        once Postfix answers, dropped last) and the copy's HEADER tell a replay
+        where it stopped: it sends a copy only if none is on hold and the original
+        still is, so one copy leaves Postfix, tagged once."""
+        entry = self.store.reinjections().get(move.name)
+        if entry is not None and entry[:2] != (move.qid, move.fp):
+            raise PostfixError(f"{move.qid}: a tagged copy of {entry[0]} is still on its way "
+                               f"under the name {move.name}")
+        if entry is None:
+            if not self._held(move.qid, move.fp):
+                return "already"  # done before a restart: the record went last
+            self.store.set_reinjection(move.name, move.qid, move.fp)
+        copy = (entry and entry[2]) or self._find_copy(token(move.qid, move.fp))
+        if not copy:
+            if not self._held(move.qid, move.fp):
+                self.store.drop_reinjection(move.name)
+                return "gone"
+            copy = self._send_copy(move)
+        self.store.set_reinjection(move.name, move.qid, move.fp, copy)
+        self._drop_original(move)
+        self._release_copy(copy)
+        self.store.drop_reinjection(move.name)
+        return "moved"
+
+    def _send_copy(self, move: Move) -> str:
+        """The tagged copy to the re-injection service; its new queue ID."""
+        envelope = self.postfix.envelope(move.qid)
+        if envelope is None:
+            raise PostfixError(f"{move.qid} left the hold queue while its tagged copy was made")
+        top = header_bytes([*move.tag, (HEADER, token(move.qid, move.fp))], b"\n")
+        tmp = os.path.join(self.scan_dir, f".{move.qid}.tagged")
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            with os.fdopen(fd, "w+b") as fh:
+                if not self._cat(move.qid, fh.fileno()):
+                    raise PostfixError(f"{move.qid} left the hold queue while its tagged copy was made")
+                fh.seek(0)
+                copy = self.reinjector.send(*envelope, top, fh)
+        finally:
+            os.unlink(tmp)
+        log.info("%s: tagged copy queued as %s", move.qid, copy, extra={"qid": move.qid})
+        if not self._on_hold(copy):
+            self._reports.add("reinject-not-held", f"the re-injection service {self.reinjector.address} "
+                              f"did not put {copy} on hold: add -o smtpd_data_restrictions="
+                              f"check_client_access,static:HOLD to it in master.cf, or a qsup "
+                              f"killed at the wrong instant may have a message delivered twice")
+        return copy
+
+    def _find_copy(self, tok: str) -> str | None:
+        """The queue ID of the copy on hold carrying HEADER: *tok*, if any."""
+        wanted = f"{HEADER}: {tok}".encode()
+        for qid, path, _ in self._held_files():
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                found = wanted in os.read(fd, _COPY_HEAD)
+            finally:
+                os.close(fd)
+            if found:
+                return qid
+        return None
+
+    def _copies(self) -> set[str]:
+        """Queue IDs of tagged copies on hold that wait for qsup to release them:
+        scanned already, never pending."""
+        out = set()
+        for qid, fp, copy in self.store.reinjections().values():
+            copy = copy or self._find_copy(token(qid, fp))
+            if copy:
+                out.add(copy)
+        return out
+
+    def _drop_original(self, move: Move) -> None:
+        if not self._held(move.qid, move.fp):
+            return  # deleted before a restart
+        deleted = self.postfix.delete(move.qid)
+        if deleted != 1 and self._held(move.qid, move.fp):
+            raise PostfixError(f"postsuper -d {move.qid} hold deleted {deleted} messages, but it is still on hold")
+
+    def _release_copy(self, copy: str) -> None:
+        released = self.postfix.release(copy)
+        if released != 1 and self._on_hold(copy):
+            raise PostfixError(f"postsuper -H {copy} released {released} messages, but the tagged copy "
+                               f"{copy} is still on hold")
+        self.postfix.deliver_now(copy)
 
     def _to_quarantine(self, move: Move) -> str:
         claim = self.store.claim(move.name)

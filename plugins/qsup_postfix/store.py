@@ -5,6 +5,8 @@ it and the *claim* that says "this held message is quarantined"::
 
     QDIR/NAME            the message as ``postcat -bh`` prints it (0600)
     QDIR/.claims/NAME    "QUEUE_ID FINGERPRINT": the held message it stands for
+    QDIR/.reinject/NAME  "QUEUE_ID FINGERPRINT [COPY_ID]": a tagged copy on its way
+                         (:mod:`qsup_postfix.reinject`); COPY_ID once Postfix queued it
     QDIR/.lock           held (flock) by the one qsup working on this hold queue
 
 The claim is written last and removed first: it is the commit point of a quarantine
@@ -23,6 +25,7 @@ from quarantine.ids import is_queue_id
 from quarantine.lock import PidLock
 
 CLAIMS = ".claims"
+REINJECT = ".reinject"
 
 
 def _fsync_dir(path: str) -> None:
@@ -56,9 +59,10 @@ class QuarantineStore:
     def __init__(self, root: str):
         self.root = os.path.abspath(root)
         self.claims_dir = os.path.join(self.root, CLAIMS)
+        self.reinject_dir = os.path.join(self.root, REINJECT)
         self._lock = PidLock(os.path.join(self.root, ".lock"))
         try:
-            for folder in (self.root, self.claims_dir):
+            for folder in (self.root, self.claims_dir, self.reinject_dir):
                 os.makedirs(folder, mode=0o700, exist_ok=True)
                 os.chmod(folder, 0o700)
             self._lock.acquire(f"the Postfix quarantine {self.root}", rule="one qsup per hold queue")
@@ -111,6 +115,41 @@ class QuarantineStore:
             return False
         _fsync_dir(self.claims_dir)
         return True
+
+    # ------------------------------------------------------- tagged copies on their way
+    def reinjections(self) -> dict[str, tuple[str, str, str]]:
+        """name -> (queue ID, fingerprint, copy's queue ID or "") of every tagged
+        copy being re-injected."""
+        found = {}
+        for name in os.listdir(self.reinject_dir):
+            words = self._words(os.path.join(self.reinject_dir, name)) if is_queue_id(name) else []
+            if len(words) in (2, 3) and all(is_queue_id(w) for w in words[:1] + words[2:]):
+                found[name] = (words[0], words[1], words[2] if len(words) == 3 else "")
+        return found
+
+    def set_reinjection(self, name: str, qid: str, fp: str, copy: str = "") -> None:
+        self.path(name)
+        line = " ".join(filter(None, (qid, fp, copy))) + "\n"
+        _write_atomic(self.reinject_dir, name, lambda fd: os.write(fd, line.encode()) > 0)
+
+    def drop_reinjection(self, name: str) -> None:
+        self.path(name)
+        try:
+            os.unlink(os.path.join(self.reinject_dir, name))
+        except FileNotFoundError:
+            return
+        _fsync_dir(self.reinject_dir)
+
+    @staticmethod
+    def _words(path: str) -> list[str]:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return []
+        try:
+            return os.read(fd, 512).decode("ascii", "replace").split()
+        finally:
+            os.close(fd)
 
     # ------------------------------------------------------------------ copies
     def has_copy(self, name: str) -> bool:

@@ -354,6 +354,19 @@ scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
 """
 
+# The re-injection service of examples/mailscanner/POSTFIX.md: tagged copies come
+# back here, skip header_checks and are put on hold by smtpd itself.
+REINJECT_MASTER_CF = """\
+{listen} inet n - n - - smtpd
+  -o syslog_name=postfix/qsup-reinject
+  -o receive_override_options=no_header_body_checks,no_unknown_recipient_checks,no_milters
+  -o smtpd_data_restrictions=check_client_access,static:HOLD
+  -o mynetworks=127.0.0.0/8
+  -o smtpd_relay_restrictions=permit_mynetworks,reject
+  -o smtpd_recipient_restrictions=permit_mynetworks,reject
+smtp      unix  -       -       n       -       -       smtp
+"""
+
 _MAIN_CF = """\
 compatibility_level = 3.6
 queue_directory = {queue_dir}
@@ -392,7 +405,7 @@ minimal_backoff_time = 300s
 
 class PostfixInstance:
     def __init__(self, base_dir: Path, port: int, hold_regexp: str, extra_main_cf: str,
-                 owns_base_dir: bool):
+                 owns_base_dir: bool, reinject: bool = False):
         self.base_dir = base_dir
         self.config_dir = base_dir / "etc"
         self.queue_dir = base_dir / "spool"
@@ -402,6 +415,7 @@ class PostfixInstance:
         self.host = LOOPBACK
         self.hold_regexp = hold_regexp
         self.extra_main_cf = extra_main_cf
+        self.reinject_port = free_port() if reinject else None
         self._owns_base_dir = owns_base_dir
         self._proc: ReapedProcess | None = None
         self.startup_seconds: float | None = None
@@ -426,8 +440,10 @@ class PostfixInstance:
         (self.config_dir / "main.cf").write_text(_MAIN_CF.format(
             queue_dir=self.queue_dir, data_dir=self.data_dir, config_dir=self.config_dir,
             log_path=self.log_path, base_dir=self.base_dir) + self.extra_main_cf)
+        reinject = (REINJECT_MASTER_CF.format(listen=f"{LOOPBACK}:{self.reinject_port}")
+                    if self.reinject_port else "")
         (self.config_dir / "master.cf").write_text(
-            _MASTER_CF.format(listen=f"{LOOPBACK}:{self.port}"))
+            _MASTER_CF.format(listen=f"{LOOPBACK}:{self.port}") + reinject)
         (self.config_dir / "header_checks").write_text(
             f"{self.hold_regexp} HOLD qsup-test-hold\n")
         self.log_path.touch()
@@ -540,10 +556,12 @@ class PostfixInstance:
 
 @contextlib.contextmanager
 def postfix_instance(tmpdir, hold_regexp: str = "/^Received:/", extra_main_cf: str = "",
-                     start_timeout: float = 30.0):
+                     start_timeout: float = 30.0, reinject: bool = False):
     """A private Postfix on 127.0.0.1:<free port>; every message received over
     SMTP is put on hold (header_checks HOLD; Postfix's own Received: header
-    matches the default regexp); released mail goes to the discard transport."""
+    matches the default regexp); released mail goes to the discard transport.
+    With *reinject*: also the re-injection smtpd on 127.0.0.1:<reinject_port> and
+    the smtp transport (for ``default_transport = smtp:[127.0.0.1]:PORT``)."""
     require_root("a private postfix instance")
     for prog in ("postfix", "postqueue", "postsuper", "postcat"):
         require(prog, "postfix")
@@ -559,7 +577,7 @@ def postfix_instance(tmpdir, hold_regexp: str = "/^Received:/", extra_main_cf: s
     try:
         last_err = None
         for _attempt in range(3):  # the free port can be taken in between: retry
-            inst = PostfixInstance(base, free_port(), hold_regexp, extra_main_cf, owns)
+            inst = PostfixInstance(base, free_port(), hold_regexp, extra_main_cf, owns, reinject)
             try:
                 inst.start(start_timeout)
                 break
@@ -577,6 +595,59 @@ def postfix_instance(tmpdir, hold_regexp: str = "/^Received:/", extra_main_cf: s
             inst.cleanup()
         elif owns:
             shutil.rmtree(base, ignore_errors=True)
+
+
+class SmtpSink:
+    """Postfix's smtp-sink on 127.0.0.1:PORT, every mail transaction dumped to a file
+    of its own under DUMP_DIR (``-d``): the headers it starts with (X-Mail-Args,
+    X-Rcpt-Args: the envelope) and then the message as delivered."""
+
+    def __init__(self, dump_dir: Path):
+        self.dump_dir = dump_dir
+        self.port = free_port()
+        self.host = LOOPBACK
+        self._proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 10.0):
+        self.dump_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.dump_dir, 0o777)  # smtp-sink writes as nobody
+        argv = [require("smtp-sink", "postfix"), "-u", "nobody", "-d", f"{self.dump_dir}/%H/%M.",
+                f"{self.host}:{self.port}", "256"]
+        self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL)
+        wait_until(self._ready, timeout, what="smtp-sink banner")
+
+    def _ready(self) -> bool:
+        try:
+            with socket.create_connection((self.host, self.port), timeout=1) as s:
+                return s.recv(64).startswith(b"220")
+        except OSError:
+            return False
+
+    def dumps(self) -> list[bytes]:
+        return [p.read_bytes() for p in sorted(self.dump_dir.rglob("*.*")) if p.is_file()]
+
+    def stop(self):
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait(timeout=10)
+            self._proc = None
+
+
+@contextlib.contextmanager
+def smtp_sink():
+    """An smtp-sink dumping into a fresh /tmp/qsup-sink-* (nobody must reach it),
+    deleted at exit."""
+    require_root("smtp-sink as nobody")
+    base = Path(tempfile.mkdtemp(prefix="qsup-sink-", dir="/tmp"))
+    os.chmod(base, 0o755)
+    sink = SmtpSink(base / "dump")
+    try:
+        sink.start()
+        yield sink
+    finally:
+        sink.stop()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------

@@ -71,7 +71,7 @@ def test_the_example_postfix_configuration_is_valid():
     here = os.path.dirname(__file__)
     path = os.path.join(here, "..", "..", "examples", "mailscanner", "qsup-postfix.toml")
     cfg = config.load(path, {})
-    assert (cfg.queue, cfg.scanner) == ("postfix", "clamd")
+    assert (cfg.queue, tuple(cfg.scanners)) == ("postfix", ("clamd", "spamc"))
     for name, spec in (("postfix", qsup_postfix.OPTIONS), ("clamd", qsup_clamav.CLAMD_OPTIONS),
                        ("clamscan", qsup_clamav.CLAMSCAN_OPTIONS), ("spamc", qsup_spamassassin.OPTIONS)):
         pluginopts.parse(name, cfg.plugin_options(name), spec)
