@@ -26,6 +26,7 @@ message clamd cannot scan is never passed as clean).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shlex
@@ -45,6 +46,7 @@ log = logging.getLogger("qsup.clamav")
 
 CLAMD_CONF = "/etc/clamav/clamd.conf"
 DEFAULT_SOCKET = "/var/run/clamav/clamd.ctl"
+DEFAULT_DATABASE = "/var/lib/clamav"
 
 CLAMSCAN_OPTIONS = {
     "clamscan": Option(str, "", "path of clamscan (default: found on PATH)"),
@@ -53,23 +55,28 @@ CLAMSCAN_OPTIONS = {
 }
 CLAMD_OPTIONS = {
     "socket": Option(str, "", f"clamd's Unix socket (default: LocalSocket of {CLAMD_CONF})"),
+    "conf": Option(str, CLAMD_CONF, "clamd's config file: its LocalSocket and DatabaseDirectory"),
     "timeout": Option(float, 120.0, "seconds clamd may take for one message", minimum=0.1),
     "connect_wait": Option(float, 10.0, "seconds to keep trying to connect (clamd restarting)", minimum=0),
     "chunk_size": Option(int, 65536, "bytes per INSTREAM chunk", minimum=1024),
 }
 
 
-def clamd_socket_from(conf: str = CLAMD_CONF) -> str:
-    """clamd's LocalSocket as its config file says, or Debian's default."""
+def _conf_value(conf: str, key: str) -> str | None:
     try:
         with open(conf) as fh:
             for line in fh:
                 words = line.split()
-                if len(words) == 2 and words[0] == "LocalSocket":
+                if len(words) == 2 and words[0] == key:
                     return words[1]
     except OSError:
         pass
-    return DEFAULT_SOCKET
+    return None
+
+
+def clamd_socket_from(conf: str = CLAMD_CONF) -> str:
+    """clamd's LocalSocket as its config file says, or Debian's default."""
+    return _conf_value(conf, "LocalSocket") or DEFAULT_SOCKET
 
 
 def make_clamscan(config) -> CommandScanner:
@@ -92,12 +99,36 @@ def make_clamscan(config) -> CommandScanner:
 
 def make_clamd(config) -> CommandScanner:
     opts = pluginopts.parse("clamd", config.plugin_options("clamd"), CLAMD_OPTIONS)
-    sock = opts["socket"] or clamd_socket_from()
+    sock = opts["socket"] or clamd_socket_from(opts["conf"])
+    database = _conf_value(opts["conf"], "DatabaseDirectory") or DEFAULT_DATABASE
     argv = [sys.executable, "-m", "qsup_clamav.clamd_worker", "--socket", sock,
             "--timeout", str(opts["timeout"]), "--connect-wait", str(opts["connect_wait"]),
             "--chunk-size", str(opts["chunk_size"])]
     return CommandScanner(argv, mode="persistent", name="clamd",
-                          reader=lambda: clamd_version(sock, min(5.0, opts["timeout"])))
+                          reader=lambda: clamd_identity(sock, database, min(5.0, opts["timeout"])))
+
+
+def clamd_identity(sock: str, database: str, timeout: float) -> str:
+    """clamd's ``VERSION``; when it names no signature version (local signature
+    files only, no official database), a digest of the database directory's files
+    (names, sizes, times) stands for it, so a new signature file changes it too."""
+    version = clamd_version(sock, timeout)
+    if "/" in version:
+        return version
+    return f"{version} signatures {signature_digest(database)}"
+
+
+def signature_digest(directory: str) -> str:
+    digest = hashlib.blake2b(digest_size=6)
+    try:
+        with os.scandir(directory) as it:
+            entries = sorted((e.name, e.stat(follow_symlinks=False)) for e in it
+                             if e.is_file(follow_symlinks=False))
+    except OSError:
+        return "unreadable"
+    for name, st in entries:
+        digest.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
 
 
 def clamd_version(sock: str, timeout: float) -> str:

@@ -515,6 +515,11 @@ class PostfixQueue:
             return self.postfix.headers(name, limit) if self.identify(name) else b""
         return b""
 
+    def quarantine_path(self, name: str) -> str:
+        """The quarantined copy *name* (what a re-test scans; the held original
+        stays on hold until the re-test passes and it is released)."""
+        return self.store.path(name)
+
     def quarantine_names(self) -> list[str]:
         """The names of the quarantined messages (their claims)."""
         return sorted(self.store.claims())
