@@ -96,7 +96,7 @@ def test_kill_dash_nine_during_release_all_and_purge_all(qsup, make_spool):
     seed = int(os.environ.get("QSUP_CHAOS_SEED") or random.SystemRandom().randrange(1 << 30))
     print(f"chaos seed {seed} (repeat with QSUP_CHAOS_SEED={seed})")
     rng = random.Random(seed)
-    count, bad = 200, 150
+    count, bad = 140, 90
     ids = make_spool(count, {i: "segv" for i in range(bad)})
     drain = ["--worker", DEMO, "--worker-mode", "persistent", "--workers", "4", "--batch-size", "10",
              "--strikes", "1", "--storm-limit", "100000"]  # one crash quarantines: a quick drain

@@ -138,7 +138,7 @@ def test_daemonised_grandchild_of_a_successful_worker_is_killed(qsup, make_spool
 def test_full_state_map_stops_safely_with_exit_4(qsup, make_spool):
     # Long queue IDs (a 128-character ID is valid) make the completion records fill
     # a 1 MB map part-way through the drain.
-    short = make_spool(8000, {})
+    short = make_spool(5000, {})
     ids = [f"{qid}{'x' * 120}" for qid in short]
     for old, new in zip(short, ids):
         os.rename(qsup.spool / "incoming" / old, qsup.spool / "incoming" / new)
