@@ -92,15 +92,16 @@ def _header_end(data: bytes) -> int | None:
 
 def _digest(chunks: Iterable[bytes]) -> str | None:
     """Hash the words of *chunks* joined by single spaces (whitespace normalised,
-    so line endings and re-wrapped trailing blanks do not matter)."""
+    so line endings and re-wrapped trailing blanks do not matter): a chunk's words
+    are joined in C, one update each, not one per word."""
     h, length, carry = hashlib.blake2b(digest_size=16), 0, b""
     for chunk in chunks:
         words = (carry + chunk).split()
         carry = b""
         if words and not chunk[-1:].isspace():
             carry = words.pop()  # a word cut by the chunk's end
-        for word in words:
-            length += _feed(h, word, length)
+        if words:
+            length += _feed(h, b" ".join(words), length)
     if carry:
         length += _feed(h, carry, length)
     if length < MIN_BODY:
@@ -108,11 +109,12 @@ def _digest(chunks: Iterable[bytes]) -> str | None:
     return f"{length:x}-{h.hexdigest()}"
 
 
-def _feed(h, word: bytes, length: int) -> int:
+def _feed(h, words: bytes, length: int) -> int:
+    """Add *words* (one or more, space-separated) after what *length* bytes hold."""
     if length:
         h.update(b" ")
-    h.update(word)
-    return len(word) + (1 if length else 0)
+    h.update(words)
+    return len(words) + (1 if length else 0)
 
 
 # ------------------------------------------------------------------ entries
