@@ -176,6 +176,7 @@ def show(ctx: Ctx, qid: str, as_json: bool, **kwargs):
             click.echo(f"  when     {format_when(rec.get('when'))}")
             click.echo(f"  why      {format_why(rec)}")
             click.echo(f"  strikes  {rec.get('strikes')}")
+            click.echo(f"  scanner  {rec.get('scanner') or '?'}")
             click.echo(f"  size     {format_size(rec.get('size', 0))}")
             click.echo(f"  file     {rec.get('queue', '?')}: quarantine/{rec.get('name', qid)}")
             if format_path(rec.get("path")):
@@ -204,7 +205,8 @@ def show(ctx: Ctx, qid: str, as_json: bool, **kwargs):
             click.echo(f"    {format_when(a.get('when'))}  batch of {a.get('size')}  pid {a.get('pid', '-')}  "
                        f"{ending}  peak RSS {format_size(a.get('peak_rss') or 0)}  "
                        f"{a.get('duration', 0):.2f}s{'  path ' + '/'.join(a['path']) if a.get('path') else ''}"
-                       f"{'  STRIKE' if a.get('strike') else ''}")
+                       f"{'  STRIKE' if a.get('strike') else ''}"
+                       f"{'  scanner ' + a['scanner'] if a.get('scanner') else ''}")
             tail = (a.get("stderr") or "").strip().splitlines()[-3:]
             for line in tail:
                 click.echo(f"      stderr: {line[:160]}")

@@ -72,6 +72,7 @@ class Retester:
         self.config, self.store, self.queue, self.stats = config, store, queue, stats
         self.outbox = outbox  # the operator's digest names what a re-test released
         self.identity, self.since = identity, now  # since: when this identity was first seen
+        self.previous = ""  # the identity before the last change seen
         self.running: dict | None = None  # the record being re-tested
         self.next_at = -math.inf
         self._pending: list[dict] | None = None  # records to re-test, oldest first; None: look
@@ -86,6 +87,7 @@ class Retester:
             return False
         log.warning("the scanner changed from %s to %s: the canary runs under it first, then what "
                     "was quarantined under another scanner is re-tested", self.identity, identity)
+        self.previous = self.identity
         self.identity, self.since, self._pending = identity, now, None
         return True
 

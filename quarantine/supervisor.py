@@ -135,7 +135,8 @@ class Supervisor:
         if canary_end is not None:
             run, ending, detail = canary_end
             if ending is not Ending.OK and self.env.last_pass < self.retester.since <= run.started:
-                detail = dict(detail, error=f"the scanner changed to {self.retester.identity} and the "
+                was = f"from {self.retester.previous} " if self.retester.previous else ""
+                detail = dict(detail, error=f"the scanner changed {was}to {self.retester.identity} and the "
                               f"canary dies{'; ' + detail['error'] if detail.get('error') else ''}")
             self.judge.act(self.env.canary_ended(run.started, ending, detail, now, run.batch_id), now)
         if self._reload_wanted:
@@ -161,7 +162,7 @@ class Supervisor:
 
     def wait(self) -> None:
         """Until a worker needs the loop, or a tick passed."""
-        timeout = TICK if self.pool.all_runs() else min(self.config.poll_interval, 0.25)
+        timeout = TICK if self.pool.all_runs() or self.retester.busy else min(self.config.poll_interval, 0.25)
         if self.intake.listing and not self.stop:
             timeout = min(timeout, 0.005)  # the next slice of the listing is due
         self.pool.wait(timeout, lambda: bool(self.stop or self._reload_wanted))

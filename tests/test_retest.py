@@ -12,6 +12,7 @@ import time
 
 import pytest
 from conftest import WORKERS, assert_conserved, spool_counts, wait_for
+from test_notify import smtp  # noqa: F401  (the SMTP server fixture)
 
 from quarantine import journal
 from quarantine.demo import build_spool
@@ -162,3 +163,20 @@ def test_clean_traffic_flows_while_a_retest_runs_at_its_rate(qsup, versioned, ma
     assert (retests[-1] - retests[0]) / (len(retests) - 1) >= 0.19, retests
     assert min(b - a for a, b in zip(retests, retests[1:])) >= 0.1, retests
     assert set(fresh) <= spool_counts(qsup.spool)["outgoing"]
+
+
+def test_the_digest_lists_what_a_retest_released(qsup, versioned, smtp):
+    """The operator hears of it: the digest after the re-test names every message it
+    released, with the scanners before and after, and goes only to notify_to."""
+    notify = ["--notify-to", "ops@example.net", "--notify-smtp", smtp.address, "--notify-digest", "1"]
+    assert versioned.drain(*notify).returncode == 0
+    versioned.flip("2")
+    smtp.mails.clear()
+    second = versioned.drain(*notify)
+    assert second.returncode == 0, second.stderr[-2000:]
+    texts = [msg.get_content() for env, msg in smtp.mails if env["to"] == ["ops@example.net"]]
+    assert len(texts) == len(smtp.mails) >= 1
+    released = [line for text in texts for line in text.splitlines()
+                if "released by re-test: versioned-scanner 1 → versioned-scanner 2" in line]
+    poison = {versioned.ids[i] for i in POISON}
+    assert {line.split()[0] for line in released} == poison, texts
