@@ -7,12 +7,13 @@
     directory, ``-d``; empty: clamscan's default), ``args`` (extra arguments, split
     like a shell would).
 ``clamd``
-    Persistent workers that stream each message to a running clamd over its Unix
-    socket (``zINSTREAM``, so clamd needs no access to qsup's files). Options
+    Persistent workers that hand each message to a running clamd over its Unix
+    socket: the open file (``zFILDES``, so clamd needs no access to qsup's files), or
+    with ``stream`` its bytes (``zINSTREAM``). Options
     ``[plugin.clamd]``: ``socket`` (default: ``LocalSocket`` of
     /etc/clamav/clamd.conf, else /var/run/clamav/clamd.ctl), ``timeout`` (seconds
     clamd may take per message), ``connect_wait`` (seconds to keep trying to connect
-    while clamd restarts), ``chunk_size``.
+    while clamd restarts), ``chunk_size``, ``stream``, ``conf``.
 
 Verdicts are ``clean`` and ``infected NAME``. An infected message is not poison: it
 is the scanner's answer, passed to the ``qsup_verdict`` hook (this plugin logs it,
@@ -59,6 +60,8 @@ CLAMD_OPTIONS = {
     "timeout": Option(float, 120.0, "seconds clamd may take for one message", minimum=0.1),
     "connect_wait": Option(float, 10.0, "seconds to keep trying to connect (clamd restarting)", minimum=0),
     "chunk_size": Option(int, 65536, "bytes per INSTREAM chunk", minimum=1024),
+    "stream": Option(bool, False, "send each message's bytes (zINSTREAM) instead of passing the "
+                     "open file (zFILDES)"),
 }
 
 
@@ -103,7 +106,7 @@ def make_clamd(config) -> CommandScanner:
     database = _conf_value(opts["conf"], "DatabaseDirectory") or DEFAULT_DATABASE
     argv = [sys.executable, "-m", "qsup_clamav.clamd_worker", "--socket", sock,
             "--timeout", str(opts["timeout"]), "--connect-wait", str(opts["connect_wait"]),
-            "--chunk-size", str(opts["chunk_size"])]
+            "--chunk-size", str(opts["chunk_size"])] + (["--stream"] if opts["stream"] else [])
     return CommandScanner(argv, mode="persistent", name="clamd",
                           reader=lambda: clamd_identity(sock, database, min(5.0, opts["timeout"])))
 

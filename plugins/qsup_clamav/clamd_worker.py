@@ -1,9 +1,11 @@
-"""Persistent qsup worker: streams each message to clamd (``zINSTREAM``).
+"""Persistent qsup worker: hands each message to clamd over its Unix socket.
 
-    python -m qsup_clamav.clamd_worker --socket /run/clamav/clamd.ctl [--timeout S]
+    python -m qsup_clamav.clamd_worker --socket /run/clamav/clamd.ctl [--timeout S] [--stream]
 
-A connection per message. clamd's answer "stream: OK" is ``clean``, "stream: NAME
-FOUND" is ``infected NAME``. Everything else ends this worker, so qsup counts a crash
+A connection per message. By default the open file is passed (``zFILDES``, as
+``clamdscan --fdpass`` does): nothing is copied, clamd reads it itself. ``--stream``
+sends the bytes instead (``zINSTREAM``), for a clamd that refuses descriptors. clamd's
+answer "OK" is ``clean``, "NAME FOUND" is ``infected NAME``. Everything else ends this worker, so qsup counts a crash
 of the message being scanned — and its canary tells a dead clamd from a poison
 message: clamd closing the connection before it answers (killed, or crashed on
 this very message), an ``ERROR`` answer (a message clamd could not scan is never
@@ -13,8 +15,10 @@ passed as clean), no answer within the timeout.
 from __future__ import annotations
 
 import argparse
+import array
 import errno
 import os
+import re
 import socket
 import stat
 import struct
@@ -23,6 +27,7 @@ import time
 from quarantine.worker import serve
 
 _RETRY = (errno.ECONNREFUSED, errno.ENOENT, errno.EAGAIN)
+_FD = re.compile(r"^fd\[\d+\]: ")
 
 
 class Dropped(SystemExit):
@@ -31,7 +36,7 @@ class Dropped(SystemExit):
 
 def parse_reply(reply: bytes) -> str:
     text = reply.rstrip(b"\0").decode("utf-8", "replace").strip()
-    body = text.removeprefix("stream: ")
+    body = _FD.sub("", text, count=1).removeprefix("stream: ")
     if body == "OK":
         return "clean"
     if body.endswith(" FOUND"):
@@ -40,8 +45,9 @@ def parse_reply(reply: bytes) -> str:
 
 
 class Clamd:
-    def __init__(self, path: str, timeout: float, connect_wait: float, chunk_size: int):
-        self.path, self.timeout = path, timeout
+    def __init__(self, path: str, timeout: float, connect_wait: float, chunk_size: int,
+                 fdpass: bool = True):
+        self.path, self.timeout, self.fdpass = path, timeout, fdpass
         self.connect_wait, self.chunk_size = connect_wait, chunk_size
 
     def check(self) -> None:
@@ -68,6 +74,26 @@ class Clamd:
                 time.sleep(0.2)
 
     def scan(self, path: str) -> str:
+        return self.scan_fildes(path) if self.fdpass else self.scan_stream(path)
+
+    def scan_fildes(self, path: str) -> str:
+        """Hand clamd the open file (``zFILDES``, SCM_RIGHTS over the Unix socket):
+        nothing is copied through the socket, and clamd needs no access to the path."""
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            with self.connect() as sock:
+                try:
+                    sock.sendall(b"zFILDES\0")
+                    sock.sendmsg([b"\0"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
+                except TimeoutError:
+                    raise Dropped(f"clamd took no data for {self.timeout:.0f}s") from None
+                except OSError:
+                    pass  # clamd may have answered and closed: read its answer
+                return parse_reply(self._reply(sock))
+        finally:
+            os.close(fd)
+
+    def scan_stream(self, path: str) -> str:
         with open(path, "rb") as fh, self.connect() as sock:
             try:
                 sock.sendall(b"zINSTREAM\0")
@@ -103,8 +129,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--connect-wait", type=float, default=10.0)
     parser.add_argument("--chunk-size", type=int, default=65536)
+    parser.add_argument("--stream", action="store_true", help="zINSTREAM instead of passing the file")
     args = parser.parse_args(argv)
-    clamd = Clamd(args.socket, args.timeout, args.connect_wait, args.chunk_size)
+    clamd = Clamd(args.socket, args.timeout, args.connect_wait, args.chunk_size, fdpass=not args.stream)
     serve(lambda path, qid: clamd.scan(path), setup=clamd.check, argv=[])
 
 
