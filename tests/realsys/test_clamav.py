@@ -78,11 +78,12 @@ def test_clamscan_without_signatures_opens_the_breaker_and_quarantines_nothing(q
 
 
 @pytest.mark.timeout(60)
-def test_clamd_persistent_workers_stream_each_message(qsup, sigdir, tmp_path):
+@pytest.mark.parametrize("stream", ["false", "true"])  # the open file (FILDES), or its bytes
+def test_clamd_persistent_workers_hand_each_message_to_clamd(qsup, sigdir, tmp_path, stream):
     ids, infected = backlog(qsup, 40, {0, 7, 19, 33})
     with harness.clamd_instance(tmp_path, sigdir) as clamd:
         run = qsup.drain("--scanner", "clamd", "--plugin-option", f"clamd.socket={clamd.socket_path}",
-                         "--workers", "2", "--batch-size", "10")
+                         "--plugin-option", f"clamd.stream={stream}", "--workers", "2", "--batch-size", "10")
     assert run.returncode == 0, run.stderr
     summary = qsup.summary(run)
     assert (summary["delivered"], summary["quarantined"], summary["crashes"]) == (36, 4, 0)
