@@ -293,7 +293,8 @@ def purge(ctx: Ctx, ids, everything, yes, wait, **kwargs):
 def retest(ctx: Ctx, wait, **kwargs):
     """Tell the running qsup to read the scanner's identity now (after a signature or
     package update: freshclam's OnUpdateExecute, an apt hook). If it changed, poison
-    quarantined under another one is re-tested alone, after a canary (§9)."""
+    quarantined under another one is re-tested alone, after a canary
+    (docs/reference.md §9)."""
     actions.ask_retest(ctx, wait, **_overrides(kwargs))
 
 
