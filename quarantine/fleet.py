@@ -1,10 +1,7 @@
 """The fleet: gateways that learn from each other through Redis (docs/reference.md §10).
 
-A message's *fleet fingerprint* is a hash of its body (everything after the header
-block) with whitespace runs made one space, and that body's length: the same
-message relayed through other gateways (other Received lines, queue IDs, CRLF or
-LF) matches. A body under ``MIN_BODY`` bytes is never matched: empty bodies and
-one-liners are shared by many unrelated messages (Pyzor's empty-digest trap).
+A message's *fleet fingerprint* (:mod:`quarantine.fleetprint`) is a hash of its
+body, so the same message relayed through other gateways matches.
 
 A confirmed poison message (the canary agreed) is published as one field of the
 Redis hash ``qsup:fleet:FP``, named for the gateway: its crash kind, signal,
@@ -22,20 +19,21 @@ Only this module imports redis, and only when ``fleet`` is set.
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 import logging
 import os
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from quarantine.backoff import fleet_delay
 from quarantine.config import Config
 from quarantine.errors import ConfigError
+from quarantine.fleetprint import body_fingerprint
 from quarantine.ledger import Candidate, History
-from quarantine.policy import Batch, Lane
+from quarantine.policy import Batch, Ending, Lane
 from quarantine.ratecap import RateCap
 from quarantine.store import Store, Txn
 
@@ -43,78 +41,10 @@ log = logging.getLogger("qsup")
 
 DB = "fleet"
 PREFIX = "qsup:fleet:"
-MIN_BODY = 64  # normalised body bytes under which a message is never matched
-HEAD_MAX = 256 * 1024  # a header block longer than this: no body found, never matched
-CHUNK = 64 * 1024  # the body is hashed in chunks: memory does not grow with it
 ROUND_TRIP = 0.05  # seconds a lookup or publication may take before Redis counts as down
 START_TIMEOUT = 2.0  # seconds the check at start may take (a TLS handshake, a slow link)
 FLUSH_MAX = 500  # publications per round trip
 PATH = ("fleet",)  # the isolation path of a message the fleet sent to run alone
-
-
-# ------------------------------------------------------------- fingerprint
-def body_fingerprint(path: str) -> str | None:
-    """The fleet fingerprint of the message in the file *path*, or None when it has
-    no body long enough to tell it apart (or cannot be read)."""
-    try:
-        with open(path, "rb") as fh:
-            return _digest(_body_chunks(fh))
-    except OSError:
-        return None
-
-
-def _body_chunks(fh) -> Iterable[bytes]:
-    """The bytes after the header block (the first empty line, CRLF or LF)."""
-    head = b""
-    while len(head) < HEAD_MAX:
-        data = fh.read(CHUNK)
-        if not data:
-            return  # headers only: no body
-        head += data
-        end = _header_end(head)
-        if end is not None:
-            yield head[end:]
-            break
-    else:
-        return
-    while data := fh.read(CHUNK):
-        yield data
-
-
-def _header_end(data: bytes) -> int | None:
-    """Where the body starts: after the first empty line, or at 0 if the message
-    starts with one."""
-    if data.startswith((b"\n", b"\r\n")):
-        return data.index(b"\n") + 1
-    ends = [i + len(sep) for sep in (b"\n\n", b"\n\r\n") if (i := data.find(sep)) >= 0]
-    return min(ends) if ends else None
-
-
-def _digest(chunks: Iterable[bytes]) -> str | None:
-    """Hash the words of *chunks* joined by single spaces (whitespace normalised,
-    so line endings and re-wrapped trailing blanks do not matter): a chunk's words
-    are joined in C, one update each, not one per word."""
-    h, length, carry = hashlib.blake2b(digest_size=16), 0, b""
-    for chunk in chunks:
-        words = (carry + chunk).split()
-        carry = b""
-        if words and not chunk[-1:].isspace():
-            carry = words.pop()  # a word cut by the chunk's end
-        if words:
-            length += _feed(h, b" ".join(words), length)
-    if carry:
-        length += _feed(h, carry, length)
-    if length < MIN_BODY:
-        return None
-    return f"{length:x}-{h.hexdigest()}"
-
-
-def _feed(h, words: bytes, length: int) -> int:
-    """Add *words* (one or more, space-separated) after what *length* bytes hold."""
-    if length:
-        h.update(b" ")
-    h.update(words)
-    return len(words) + (1 if length else 0)
 
 
 # ------------------------------------------------------------------ entries
@@ -422,4 +352,44 @@ class Fleet:
         return len(batch)
 
 
-__all__ = ["DB", "Entry", "Fleet", "MIN_BODY", "PATH", "body_fingerprint", "credentials"]
+class FleetLane:
+    """Where the fleet meets the loop: a clean batch's known messages leave it (alone
+    at once, or quarantined unrun), and a known message that passed alone disputes
+    its entry (docs/reference.md §10)."""
+
+    def __init__(self, fleet: Fleet, queue, isolation, judge, clock: Callable[[], float]):
+        self.fleet, self.queue, self.isolation, self.judge, self.clock = fleet, queue, isolation, judge, clock
+        self._unrun: list[Candidate] = []  # what fleet_trust = "quarantine" convicts unrun
+
+    def known(self, w: Txn, inflight, new_id: Callable[[], str]):
+        """*inflight* without the messages the fleet confirms as poison (one round trip)."""
+        batch = inflight.batch
+        if not self.fleet.on or batch.lane is not Lane.CLEAN or not batch.ids:
+            return inflight
+        found = self.fleet.lookup({q: self.queue.scan_path(q) for q in batch.ids})
+        for qid, entry in found.items():
+            unrun = self.fleet.hold(w, self.isolation, qid, inflight.fps[qid], inflight.sizes.get(qid, 0),
+                                    entry, f"fleet.{new_id()}", self.clock())
+            if unrun is not None:
+                self._unrun.append(unrun)
+        if not found:
+            return inflight
+        keep = tuple(q for q in batch.ids if q not in found)
+        return dataclasses.replace(inflight, batch=dataclasses.replace(batch, ids=keep),
+                                   fps={q: inflight.fps[q] for q in keep},
+                                   sizes={q: inflight.sizes[q] for q in keep})
+
+    def quarantine_unrun(self) -> None:
+        """Quarantine what the fleet convicts unrun (after the pass's commit)."""
+        unrun, self._unrun = self._unrun, []
+        for cand in unrun:
+            self.judge.quarantine(cand, {"fleet_trust": "quarantine"})
+
+    def passed(self, w: Txn, e, decision) -> None:
+        """A message the fleet sent to run alone passed: its entry is disputed."""
+        if self.fleet.on and e.batch.path[:1] == PATH and e.outcome.ending is Ending.OK:
+            for qid in decision.deliver:
+                self.fleet.disputed(w, self.queue.scan_path(qid), qid)
+
+
+__all__ = ["DB", "Entry", "Fleet", "FleetLane", "PATH", "credentials"]

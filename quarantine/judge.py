@@ -33,6 +33,7 @@ from quarantine.policy import CRASHES, Decision, Ending
 from quarantine.ratecap import RateCap
 from quarantine.runs import Ended, detail_text
 from quarantine.store import Txn
+from quarantine import verdicts
 from quarantine.verdicts import Action
 
 log = logging.getLogger("qsup")
@@ -98,6 +99,20 @@ class Judge:
             with self.ledger.within(w) as tx:
                 for cand in again:
                     self.isolation.again(tx, cand)
+
+    def deliveries(self, e: Ended, decision: Decision, config) -> tuple[list[Move], list]:
+        """The moves out of the queue for what batch *e* scanned (tagged for a spam
+        verdict where the queue can tag), and what its verdict holds back from
+        delivery (infected, spam past its score): docs/reference.md §7."""
+        moving, held = [], []
+        for qid in decision.deliver:
+            act = verdicts.action(e.verdicts.get(qid), config)
+            if not act.delivers:
+                held.append((e, qid, act))
+                continue
+            move = self.queue.plan(qid, e.fps[qid], "outgoing")
+            moving.append(self.tagged(move, act) if act.headers else move)
+        return moving, held
 
     def quarantine_verdict(self, e: Ended, qid: str, act: Action) -> dict | None:
         """Quarantine what the scanner's verdict says must not be delivered (kind

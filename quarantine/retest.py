@@ -24,7 +24,8 @@ from collections import Counter
 
 from quarantine import journal, moves
 from quarantine.ledger import History
-from quarantine.policy import Ending
+from quarantine.policy import Batch, Ending, Lane
+from quarantine.process import SpawnError
 from quarantine.runs import Ended, detail_text
 from quarantine.store import Store
 
@@ -120,6 +121,45 @@ class Retester:
         self.running = pending.pop(0)
         self.next_at = now + 60.0 / self.config.retest_rate
         return self.running
+
+    # ------------------------------------------------------------ the lane
+    def launch(self, pool, env, judge, batch_id: str, now: float) -> None:
+        """Start the next re-test due: alone, in a fresh worker, on the quarantined
+        file, beside the traffic. A worker that cannot start is the environment's
+        failure, as for any batch."""
+        rec = self.next(now, env.last_pass, env.is_open)
+        if rec is None:
+            return
+        qid = rec["qid"]
+        batch = Batch(ids=(qid,), lane=Lane.SUSPECT, path=("retest",))
+        try:
+            pool.launch(PREFIX + batch_id, batch, {qid: rec["fp"]}, {qid: rec.get("size", 0)},
+                        [self.path(rec)], now)
+        except SpawnError as exc:
+            self.give_back(rec)
+            self.stats["spawn_failures"] += 1
+            judge.act(env.cannot_start(str(exc), "", now), now)
+            return
+        self.stats["retests"] += 1
+        log.info("re-testing %s alone under %s (quarantined under %s)", qid, self.identity,
+                 rec.get("scanner") or "?", extra={"qid": qid})
+
+    def collect(self, ended: list[Ended], wall: float) -> list[Ended]:
+        """Take the re-test runs out of *ended* (and act on them); the rest go on."""
+        rest = []
+        for e in ended:
+            if e.batch_id.startswith(PREFIX):
+                self.ended(e, wall)
+            else:
+                rest.append(e)
+        return rest
+
+    def answer(self, before: str) -> str:
+        """What ``qsup retest`` is told, once the identity was read again."""
+        waiting = len(self.pending())
+        if self.identity != before:
+            return f"qsup: the scanner changed from {before} to {self.identity}: {waiting} to re-test"
+        return f"qsup: the scanner is still {before}: {waiting} quarantined message(s) to re-test"
 
     def give_back(self, rec: dict) -> None:
         """A re-test that could not start: first in line again."""

@@ -15,74 +15,33 @@ directory) is a QueueError naming both paths and the reason; the file stays put.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import heapq
 import os
 import re
-import shutil
 import stat
 import weakref
 from collections.abc import Callable, Iterator
 
+from quarantine import tagging
+from quarantine.files import OPEN_FLAGS as _OPEN_FLAGS
+from quarantine.files import read_head, rename_noreplace, stat_head as _stat_head  # noqa: F401 (read_head: for queues)
 from quarantine.errors import ConfigError, QueueError
 from quarantine.hookspecs import MessageRef, Move, Quarantined, hookimpl
 from quarantine.ids import FINGERPRINT_BYTES, fingerprint, is_queue_id
 from quarantine.lock import PidLock
 from quarantine.reports import Reports, file_kind
-from quarantine.verdicts import header_bytes
 
 SUBDIRS = ("tmp", "incoming", "outgoing", "quarantine")
 LOCK_FILE = ".qsup.lock"  # in the spool directory, beside incoming/: one qsup per spool
-_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _SEEN_CAP = 200_000
 LIST_STEP = 2_000  # directory entries per slice of pending_steps() (~15 ms)
 # a bounded max-heap keeps the oldest `limit` entries (heapq.nsmallest's own method)
 _heapify_max = getattr(heapq, "heapify_max", None) or heapq._heapify_max
 _heapreplace_max = getattr(heapq, "heapreplace_max", None) or heapq._heapreplace_max
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_renameat2 = getattr(_libc, "renameat2", None)
-if _renameat2 is not None:
-    _renameat2.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
-    _renameat2.restype = ctypes.c_int
-_AT_FDCWD, _RENAME_NOREPLACE = -100, 1
 # a file system that refuses: the spool cannot be used until an operator acts
 _REFUSALS = {errno.EROFS, errno.EPERM, errno.EACCES, errno.ENOSPC, errno.EDQUOT, errno.EIO}
-
-
-def rename_noreplace(src: str, dst: str) -> None:
-    """Atomic rename that fails with FileExistsError instead of replacing *dst*."""
-    if _renameat2 is not None:
-        rc = _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE)
-        if rc == 0:
-            return
-        err = ctypes.get_errno()
-        if err not in (errno.ENOSYS, errno.EINVAL):
-            raise OSError(err, os.strerror(err), src)
-    os.link(src, dst, follow_symlinks=False)  # EEXIST instead of overwriting
-    os.unlink(src)
-
-
-def read_head(path: str, limit: int = FINGERPRINT_BYTES) -> tuple[int, bytes] | None:
-    """Size and first *limit* bytes of a regular file, never following a symlink and
-    never blocking on a FIFO; None if it is gone or not a regular file."""
-    found = _stat_head(path, limit)
-    return None if found is None else (found[0].st_size, found[1])
-
-
-def _stat_head(path: str, limit: int) -> tuple[os.stat_result, bytes] | None:
-    try:
-        fd = os.open(path, _OPEN_FLAGS)
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return None
-        return st, os.read(fd, limit)
-    finally:
-        os.close(fd)
 
 
 def _stamp(st: os.stat_result) -> tuple:
@@ -280,35 +239,12 @@ class SpoolQueue:
         renamed over the message in incoming/ (one copy at every instant, tagged or
         not), then moved as any other. A replay finds it tagged already, in
         incoming/ or outgoing/, and never tags it twice."""
-        if not self._tagged_of(src, move):
+        if not tagging.tagged_of(src, move):
             if not self._unchanged(move, src):
                 found = self._identify_path(dst)
-                return "already" if self._tagged_of(dst, move) or (found and found[1] == move.fp) else "gone"
-            self._tag_in_place(move, src)
+                return "already" if tagging.tagged_of(dst, move) or (found and found[1] == move.fp) else "gone"
+            tagging.tag_in_place(move, src, self.path("tmp", f".qsup-tag.{move.name}"))
         return "moved" if self._rename(src, dst) else "taken"
-
-    def _tagged_of(self, path: str, move: Move) -> bool:
-        """Whether *path* is move's message with its tag on top."""
-        found = read_head(path, FINGERPRINT_BYTES + 4096)
-        if found is None:
-            return False
-        size, head = found
-        tag = header_bytes(move.tag, head)
-        return head.startswith(tag) and fingerprint(size - len(tag), head[len(tag):]) == move.fp
-
-    def _tag_in_place(self, move: Move, src: str) -> None:
-        tmp = self.path("tmp", f".qsup-tag.{move.name}")
-        with open(src, "rb", opener=lambda p, f: os.open(p, _OPEN_FLAGS)) as original:
-            tag = header_bytes(move.tag, original.read(4096))
-            original.seek(0)
-            mode = stat.S_IMODE(os.fstat(original.fileno()).st_mode)
-            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-            with open(tmp, "wb", opener=lambda p, f: os.open(p, flags, mode)) as copy:
-                copy.write(tag)
-                shutil.copyfileobj(original, copy, 1 << 16)
-                copy.flush()
-                os.fsync(copy.fileno())
-        os.rename(tmp, src)
 
     @staticmethod
     def _rename(src: str, dst: str) -> bool:

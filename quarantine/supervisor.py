@@ -10,7 +10,6 @@ transaction: workers are fresh processes (exec), never forks of qsup.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
 import math
@@ -19,13 +18,12 @@ import time
 from collections.abc import Callable
 from enum import IntEnum
 
-from quarantine import canary, ops, retest, verdicts
+from quarantine import canary, ops
 from quarantine.config import Config
 from quarantine.environment import Environment, Proof
 from quarantine.errors import EXIT_BREAKER, EXIT_OK, QueueError, StateError
 from quarantine.events import Events
-from quarantine.fleet import PATH as fleet_path
-from quarantine.fleet import Fleet
+from quarantine.fleet import Fleet, FleetLane
 from quarantine.hookspecs import Queue, Scanner
 from quarantine.intake import Intake
 from quarantine.isolation import Isolation
@@ -78,7 +76,7 @@ class Supervisor:
         self.canary_path = canary.prepare(self.state_dir, config.canary)
         self.fleet = Fleet(config, store, self.ledger.journal.scanner, clock, wall)  # §10
         self.judge.fleet = self.fleet
-        self._fleet_unrun: list = []  # candidates the fleet quarantines unrun (fleet_trust)
+        self.fleet_lane = FleetLane(self.fleet, queue, self.isolation, self.judge, clock)
         self.stop = Stop.NONE
         self.stop_deadline = math.inf
         self.reload: Callable[[], Config] | None = None
@@ -131,7 +129,7 @@ class Supervisor:
         stop = self.stop  # read once: a signal landing mid-pass is acted on next pass
         self._enforce_stop(now, stop)
         ended, canary_end = self.pool.collect(now, stopping=bool(stop))
-        ended = self._retests_ended(ended)
+        ended = self.retester.collect(ended, self.wall())
         if canary_end is not None:
             run, ending, detail = canary_end
             if ending is not Ending.OK and self.env.last_pass < self.retester.since <= run.started:
@@ -204,8 +202,8 @@ class Supervisor:
                 if e.outcome.ending is Ending.OK:
                     self.pool.mode.batch_ok()
                 self.judge.ended(w, e, decision, now, self.wall())
-                self._fleet_passed(w, e, decision)
-                moving, held = self._deliveries(e, decision)
+                self.fleet_lane.passed(w, e, decision)
+                moving, held = self.judge.deliveries(e, decision, self.config)
                 delivers += moving
                 verdict_held += held
             if delivers:
@@ -213,7 +211,7 @@ class Supervisor:
                 self.ledger.deliver(w, key, delivers, ended)  # the intent, and the journal
             if dispatch and not self.env.is_open:  # a storm in this pass stops its dispatch
                 ready = self._dispatch(w)
-        self._fleet_quarantine()
+        self.fleet_lane.quarantine_unrun()
         for inflight in ready:
             self._launch(inflight, now)
         if self.events.wants_verdicts:
@@ -235,22 +233,6 @@ class Supervisor:
             if e.outcome.ending is Ending.OK:
                 self.env.healthy(e.fresh_start, e.batch_id, e.detail.get("pid"))
 
-    def _deliveries(self, e: Ended, decision) -> tuple[list, list]:
-        """The moves out of the queue for what batch *e* scanned (tagged for a spam
-        verdict where the queue can tag), and what its verdict holds back from
-        delivery (infected, spam past its score): docs/reference.md §7."""
-        moving, held = [], []
-        for qid in decision.deliver:
-            act = verdicts.action(e.verdicts.get(qid), self.config)
-            if not act.delivers:
-                held.append((e, qid, act))
-                continue
-            move = self.queue.plan(qid, e.fps[qid], "outgoing")
-            if act.headers:
-                move = self.judge.tagged(move, act)
-            moving.append(move)
-        return moving, held
-
     # ---------------------------------------------------------------- dispatch
     def _dispatch(self, w: Txn) -> list[InFlight]:
         """Take batches for the free workers and record them in flight (in *w*); they
@@ -264,7 +246,7 @@ class Supervisor:
         ready, wall = [], self.wall()
         for waiting in batches:
             inflight, gone = self.intake.identify(waiting, self._new_id())
-            inflight = self._fleet_known(w, inflight)
+            inflight = self.fleet_lane.known(w, inflight, self._new_id)
             for qid in gone:
                 self.isolation.release(qid)
             if waiting.pending:
@@ -298,37 +280,6 @@ class Supervisor:
     def _new_id(self) -> str:
         return f"{int(self.wall() * 1000):x}-{os.getpid():x}-{next(self._ids):x}"
 
-    # ------------------------------------------------------------------- fleet
-    def _fleet_known(self, w: Txn, inflight: InFlight) -> InFlight:
-        """The messages of a clean batch the fleet confirms as poison (one round
-        trip) leave it: alone at once, or quarantined unrun (docs/reference.md §10)."""
-        batch = inflight.batch
-        if not self.fleet.on or batch.lane is not Lane.CLEAN or not batch.ids:
-            return inflight
-        known = self.fleet.lookup({q: self.queue.scan_path(q) for q in batch.ids})
-        for qid, entry in known.items():
-            unrun = self.fleet.hold(w, self.isolation, qid, inflight.fps[qid], inflight.sizes.get(qid, 0),
-                                    entry, f"fleet.{self._new_id()}", self.clock())
-            if unrun is not None:
-                self._fleet_unrun.append(unrun)
-        if not known:
-            return inflight
-        keep = tuple(q for q in batch.ids if q not in known)
-        return InFlight(inflight.batch_id, dataclasses.replace(batch, ids=keep),
-                        {q: inflight.fps[q] for q in keep}, {q: inflight.sizes[q] for q in keep})
-
-    def _fleet_quarantine(self) -> None:
-        """Quarantine what the fleet convicts unrun (after the pass's commit)."""
-        unrun, self._fleet_unrun = self._fleet_unrun, []
-        for cand in unrun:
-            self.judge.quarantine(cand, {"fleet_trust": "quarantine"})
-
-    def _fleet_passed(self, w: Txn, e: Ended, decision) -> None:
-        """A message the fleet sent to run alone passed: its entry is disputed."""
-        if self.fleet.on and e.batch.path[:1] == fleet_path and e.outcome.ending is Ending.OK:
-            for qid in decision.deliver:
-                self.fleet.disputed(w, self.queue.scan_path(qid), qid)
-
     # ------------------------------------------------------------------- prove
     def _prove(self, now: float) -> None:
         """Quarantine the candidates a sound environment convicts; run the canary
@@ -347,34 +298,7 @@ class Supervisor:
 
     # ----------------------------------------------------------------- re-test
     def _retest(self, now: float) -> None:
-        """Start the next re-test due (docs/reference.md §9): alone, in a fresh worker,
-        on the quarantined file, beside the traffic."""
-        rec = self.retester.next(now, self.env.last_pass, self.env.is_open)
-        if rec is None:
-            return
-        qid = rec["qid"]
-        batch = Batch(ids=(qid,), lane=Lane.SUSPECT, path=("retest",))
-        try:
-            self.pool.launch(f"{retest.PREFIX}{self._new_id()}", batch, {qid: rec["fp"]},
-                             {qid: rec.get("size", 0)}, [self.retester.path(rec)], now)
-        except SpawnError as exc:
-            self.retester.give_back(rec)
-            self.stats["spawn_failures"] += 1
-            self.judge.act(self.env.cannot_start(str(exc), "", now), now)
-            return
-        self.stats["retests"] += 1
-        log.info("re-testing %s alone under %s (quarantined under %s)", qid, self.retester.identity,
-                 rec.get("scanner") or "?", extra={"qid": qid})
-
-    def _retests_ended(self, ended: list[Ended]) -> list[Ended]:
-        """Hand the re-test runs that ended to the retester; the rest go on."""
-        rest = []
-        for e in ended:
-            if e.batch_id.startswith(retest.PREFIX):
-                self.retester.ended(e, self.wall())
-            else:
-                rest.append(e)
-        return rest
+        self.retester.launch(self.pool, self.env, self.judge, self._new_id(), now)
 
     def _read_identity(self, now: float) -> None:
         self.retester.observe(read_identity(self.config, self.pool.scanner), now)
@@ -383,10 +307,7 @@ class Supervisor:
         """``qsup retest`` asked the running qsup: read the identity again now."""
         before = self.retester.identity
         self._read_identity(self.clock())
-        waiting = len(self.retester.pending())
-        if self.retester.identity != before:
-            return f"qsup: the scanner changed from {before} to {self.retester.identity}: {waiting} to re-test"
-        return f"qsup: the scanner is still {before}: {waiting} quarantined message(s) to re-test"
+        return self.retester.answer(before)
 
     # ------------------------------------------------------------ housekeeping
     def _housekeeping(self, now: float) -> None:

@@ -16,7 +16,8 @@ import redis
 from conftest import DEMO, Qsup, assert_conserved, wait_for
 
 from quarantine.demo import build_spool, make_message
-from quarantine.fleet import MIN_BODY, PREFIX, body_fingerprint
+from quarantine.fleet import PREFIX
+from quarantine.fleetprint import MIN_BODY, body_fingerprint
 
 REDIS = shutil.which("redis-server") or "/usr/bin/redis-server"
 BLIND = DEMO + " --no-progress"  # a one-shot worker without progress lines: bisection

@@ -11,6 +11,7 @@ import sys
 import pytest
 from conftest import DEMO, WORKERS, assert_conserved, spool_counts
 
+from quarantine import tagging
 from quarantine.demo import build_spool
 from quarantine.hookspecs import Move
 from quarantine.spool import SpoolQueue
@@ -123,7 +124,8 @@ def test_a_tag_is_added_once_whatever_instant_qsup_dies_at(tmp_path):
     for q in ids:
         fp = queue.identify(q)[1]
         plans[q] = dataclasses.replace(queue.plan(q, fp, "outgoing"), tag=tag)
-    queue._tag_in_place(plans[ids[1]], str(spool / "incoming" / ids[1]))  # died after the tag
+    tagging.tag_in_place(plans[ids[1]], str(spool / "incoming" / ids[1]),  # died after the tag
+                         str(spool / "tmp" / f".qsup-tag.{ids[1]}"))
     queue.apply(plans[ids[2]])  # died after the move, before the intent was cleared
     fields = [f.name for f in dataclasses.fields(Move)]  # a restart reads the intent back
     plans = {q: Move(*json.loads(json.dumps([getattr(m, f) for f in fields]))) for q, m in plans.items()}

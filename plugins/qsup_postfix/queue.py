@@ -44,13 +44,14 @@ from collections.abc import Callable, Iterator
 
 from qsup_postfix import queuefile
 from qsup_postfix.commands import Postfix, PostfixError
-from qsup_postfix.reinject import HEADER, Reinjector, token
+from qsup_postfix.reinject import Reinjector
 from qsup_postfix.store import QuarantineStore
-from quarantine.hookspecs import MessageRef, Move, Quarantined
+from qsup_postfix.held import QuarantineSide
+from qsup_postfix.tagged import TaggedCopies
+from quarantine.hookspecs import MessageRef, Move
 from quarantine.ids import fingerprint, is_queue_id
 from quarantine.reports import Reports, file_kind
 from quarantine.spool import read_head
-from quarantine.verdicts import header_bytes
 
 log = logging.getLogger("qsup.postfix")
 
@@ -59,7 +60,6 @@ _HASH_DIR = re.compile(r"[0-9A-Fa-f]")
 _DURATION = re.compile(r"(\d+)\s*([smhdw]?)")
 _UNITS = {"": 86400, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}  # Postfix: bare = days
 _DIRECT_MAX = 256 * 1024  # bigger queue files: postcat, whose start-up is small beside them
-_COPY_HEAD = 16 * 1024  # where a re-injected copy's HEADER is: its first header lines
 
 
 def content_size(head: bytes) -> int | None:
@@ -86,7 +86,7 @@ def duration(value: str) -> float:
     return int(found.group(1)) * _UNITS[found.group(2)] if found else 5 * 86400.0
 
 
-class PostfixQueue:
+class PostfixQueue(TaggedCopies, QuarantineSide):
     name = "postfix"
 
     def __init__(self, postfix: Postfix, quarantine_dir: str, scan_dir: str = "", reinject: str = ""):
@@ -382,129 +382,6 @@ class PostfixQueue:
                         "delivery attempt fails it bounces instead of being retried", qid,
                         age / 86400, self.lifetime / 86400, extra={"qid": qid})
 
-    # ------------------------------------------------------------ tagged copies
-    def _tagged(self, move: Move) -> str:
-        """A delivery with move.tag added: a tagged copy re-injected (it lands on hold
-        under a new ID), then the original deleted, then the copy released. The
-        plugin's record of the copy (written before the copy is sent, given its ID
-        once Postfix answers, dropped last) and the copy's HEADER tell a replay
-        where it stopped: it sends a copy only if none is on hold and the original
-        still is, so one copy leaves Postfix, tagged once."""
-        entry = self.store.reinjections().get(move.name)
-        if entry is not None and entry[:2] != (move.qid, move.fp):
-            raise PostfixError(f"{move.qid}: a tagged copy of {entry[0]} is still on its way "
-                               f"under the name {move.name}")
-        if entry is None:
-            if not self._held(move.qid, move.fp):
-                return "already"  # done before a restart: the record went last
-            self.store.set_reinjection(move.name, move.qid, move.fp)
-        copy = (entry and entry[2]) or self._find_copy(token(move.qid, move.fp))
-        if not copy:
-            if not self._held(move.qid, move.fp):
-                self.store.drop_reinjection(move.name)
-                return "gone"
-            copy = self._send_copy(move)
-        self.store.set_reinjection(move.name, move.qid, move.fp, copy)
-        self._drop_original(move)
-        self._release_copy(copy)
-        self.store.drop_reinjection(move.name)
-        return "moved"
-
-    def _send_copy(self, move: Move) -> str:
-        """The tagged copy to the re-injection service; its new queue ID."""
-        envelope = self.postfix.envelope(move.qid)
-        if envelope is None:
-            raise PostfixError(f"{move.qid} left the hold queue while its tagged copy was made")
-        top = header_bytes([*move.tag, (HEADER, token(move.qid, move.fp))], b"\n")
-        tmp = os.path.join(self.scan_dir, f".{move.qid}.tagged")
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            with os.fdopen(fd, "w+b") as fh:
-                if not self._cat(move.qid, fh.fileno()):
-                    raise PostfixError(f"{move.qid} left the hold queue while its tagged copy was made")
-                fh.seek(0)
-                copy = self.reinjector.send(*envelope, top, fh)
-        finally:
-            os.unlink(tmp)
-        log.info("%s: tagged copy queued as %s", move.qid, copy, extra={"qid": move.qid})
-        if not self._on_hold(copy):
-            self._reports.add("reinject-not-held", f"the re-injection service {self.reinjector.address} "
-                              f"did not put {copy} on hold: add -o smtpd_data_restrictions="
-                              f"check_client_access,static:HOLD to it in master.cf, or a qsup "
-                              f"killed at the wrong instant may have a message delivered twice")
-        return copy
-
-    def _find_copy(self, tok: str) -> str | None:
-        """The queue ID of the copy on hold carrying HEADER: *tok*, if any."""
-        wanted = f"{HEADER}: {tok}".encode()
-        for qid, path, _ in self._held_files():
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            except OSError:
-                continue
-            try:
-                found = wanted in os.read(fd, _COPY_HEAD)
-            finally:
-                os.close(fd)
-            if found:
-                return qid
-        return None
-
-    def _copies(self) -> set[str]:
-        """Queue IDs of tagged copies on hold that wait for qsup to release them:
-        scanned already, never pending."""
-        out = set()
-        for qid, fp, copy in self.store.reinjections().values():
-            copy = copy or self._find_copy(token(qid, fp))
-            if copy:
-                out.add(copy)
-        return out
-
-    def _drop_original(self, move: Move) -> None:
-        if not self._held(move.qid, move.fp):
-            return  # deleted before a restart
-        deleted = self.postfix.delete(move.qid)
-        if deleted != 1 and self._held(move.qid, move.fp):
-            raise PostfixError(f"postsuper -d {move.qid} hold deleted {deleted} messages, but it is still on hold")
-
-    def _release_copy(self, copy: str) -> None:
-        released = self.postfix.release(copy)
-        if released != 1 and self._on_hold(copy):
-            raise PostfixError(f"postsuper -H {copy} released {released} messages, but the tagged copy "
-                               f"{copy} is still on hold")
-        self.postfix.deliver_now(copy)
-
-    def _to_quarantine(self, move: Move) -> str:
-        claim = self.store.claim(move.name)
-        if claim == (move.qid, move.fp):
-            return "already"
-        if claim is not None:
-            raise PostfixError(f"quarantine name {move.name} is taken by {claim[0]}; not overwritten")
-        if not self._held(move.qid, move.fp):
-            return "gone"
-        if not self.store.write_copy(move.name, lambda fd: self.postfix.cat(move.qid, fd)):
-            return "gone"
-        self.store.set_claim(move.name, move.qid, move.fp)
-        return "moved"
-
-    def _from_quarantine(self, move: Move) -> str:
-        """Release (to incoming: scanned again) or release --no-scan (to outgoing)."""
-        name = move.source or move.qid
-        claim = self.store.claim(name)
-        held = self._held(move.qid, move.fp)
-        if claim is not None and not held:
-            # The claim stays with the copy, the only one left: qsup's record of it is
-            # kept, and only a purge removes the three.
-            log.warning("%s is no longer on hold in Postfix (deleted outside qsup?); its copy stays "
-                        "in %s", move.qid, self.store.path(name), extra={"qid": move.qid})
-            return "gone"
-        if claim is not None:
-            self.store.drop_claim(name)  # from here on it is pending again
-        if move.dest == "outgoing" and held:
-            self._release(move.qid, move.fp)
-        self.store.drop_copy(name)
-        return "moved" if claim is not None else "already"
-
     # ------------------------------------------------------------------ reading
     def head(self, location: str, name: str, limit: int) -> bytes:
         if not is_queue_id(name):
@@ -514,40 +391,6 @@ class PostfixQueue:
         if location == "incoming":
             return self.postfix.headers(name, limit) if self.identify(name) else b""
         return b""
-
-    def quarantine_path(self, name: str) -> str:
-        """The quarantined copy *name* (what a re-test scans; the held original
-        stays on hold until the re-test passes and it is released)."""
-        return self.store.path(name)
-
-    def quarantine_names(self) -> list[str]:
-        """The names of the quarantined messages (their claims)."""
-        return sorted(self.store.claims())
-
-    def quarantined(self, name: str) -> Quarantined | None:
-        claim = self.store.claim(name) if is_queue_id(name) else None
-        if claim is None:
-            return None
-        try:
-            st = os.stat(self.store.path(name))
-            size, since = st.st_size, st.st_mtime
-        except OSError:
-            size, since = 0, time.time()  # the claim without its copy: still on hold
-        return Quarantined(name, claim[0], claim[1], size, since)
-
-    def purge(self, name: str) -> bool:
-        if not is_queue_id(name):
-            return False
-        claim = self.store.claim(name)
-        existed = claim is not None or self.store.has_copy(name)
-        if claim is not None and self._held(*claim):
-            deleted = self.postfix.delete(claim[0])
-            if deleted != 1 and self._held(*claim):
-                raise PostfixError(f"postsuper -d {claim[0]} hold deleted {deleted} messages, "
-                                   f"but it is still on hold")
-        self.store.drop_claim(name)
-        self.store.drop_copy(name)
-        return existed
 
     def reports(self) -> list[str]:
         return self._reports.take()
