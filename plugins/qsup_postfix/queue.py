@@ -39,7 +39,6 @@ import os
 import re
 import shutil
 import stat
-import time
 from collections.abc import Callable, Iterator
 
 from qsup_postfix import queuefile
@@ -47,6 +46,7 @@ from qsup_postfix.commands import Postfix, PostfixError
 from qsup_postfix.reinject import Reinjector
 from qsup_postfix.store import QuarantineStore
 from qsup_postfix.held import QuarantineSide
+from qsup_postfix.release import Releases
 from qsup_postfix.tagged import TaggedCopies
 from quarantine.hookspecs import MessageRef, Move
 from quarantine.ids import fingerprint, is_queue_id
@@ -86,7 +86,7 @@ def duration(value: str) -> float:
     return int(found.group(1)) * _UNITS[found.group(2)] if found else 5 * 86400.0
 
 
-class PostfixQueue(TaggedCopies, QuarantineSide):
+class PostfixQueue(Releases, TaggedCopies, QuarantineSide):
     name = "postfix"
 
     def __init__(self, postfix: Postfix, quarantine_dir: str, scan_dir: str = "", reinject: str = ""):
@@ -304,83 +304,6 @@ class PostfixQueue(TaggedCopies, QuarantineSide):
             self._release(move.qid, move.fp)
             return "moved"
         raise ValueError(f"no such move for the Postfix queue: {move.origin} -> {move.dest}")
-
-    def apply_all(self, moves: list[Move]) -> list[str]:
-        """:meth:`apply` for each move, the releases from hold made together: one
-        ``postsuper -H - hold`` and one queue-manager kick for the lot (each a process,
-        where one of each per message would cost more than the scan). Idempotent like
-        :meth:`apply`: a replay finds the released ones gone from hold ("already")."""
-        results: list[str | None] = [None] * len(moves)
-        batch: dict[str, tuple[int, float | None]] = {}  # queue ID -> (index, arrival)
-        kick = False
-        for i, move in enumerate(moves):
-            if not self._batchable(move):
-                results[i] = self.apply(move)
-                continue
-            ident = self.identify(move.qid)
-            if ident is None:
-                results[i], kick = "already", True  # released before a restart: kick again
-            elif ident[1] != move.fp or move.qid in batch:
-                results[i] = "already"  # a new message reusing the ID: never released unscanned
-            else:
-                batch[move.qid] = (i, self._arrival(move.qid))
-        for qid, result in self._release_many(moves, batch).items():
-            results[batch[qid][0]] = result
-        if kick or batch:
-            self.postfix.kick()
-        return results
-
-    def _batchable(self, move: Move) -> bool:
-        names = (move.qid, move.name) + ((move.source,) if move.source else ())
-        plain = move.origin == "incoming" and move.dest == "outgoing" and not (move.tag and self.reinjector)
-        return plain and all(is_queue_id(n) for n in names)
-
-    def _arrival(self, qid: str) -> float | None:
-        path = self._path(qid)
-        try:
-            return os.stat(path).st_mtime if path else None
-        except OSError:
-            return None
-
-    def _release_many(self, moves: list[Move], batch: dict[str, tuple[int, float | None]]) -> dict[str, str]:
-        """Release the batch from hold: queue ID -> result. One that Postfix did not
-        release and that is still on hold is an error (nothing is taken for done)."""
-        if not batch:
-            return {}
-        try:
-            released = self.postfix.release_many(list(batch))
-        except PostfixError as exc:  # it may have released some before it stopped
-            stuck = self._still_held(moves, batch, set())
-            raise PostfixError(f"{exc}; still on hold: {', '.join(stuck[:10]) or 'none'}") from None
-        stuck = self._still_held(moves, batch, released)
-        if stuck:
-            raise PostfixError(f"postsuper -H - hold released {len(released)} of {len(batch)} messages; "
-                               f"still on hold: {', '.join(stuck[:10])}")
-        for qid in released:
-            self._warn_if_old(qid, batch[qid][1])
-        # Not released and not on hold: released or deleted by someone else meanwhile.
-        return {qid: "moved" if qid in released else "already" for qid in batch}
-
-    def _still_held(self, moves: list[Move], batch: dict, released: set[str]) -> list[str]:
-        return [q for q in batch if q not in released and self._held(q, moves[batch[q][0]].fp)]
-
-    def _release(self, qid: str, fp: str) -> None:
-        arrived = self._arrival(qid)
-        released = self.postfix.release(qid)
-        if released != 1 and self._held(qid, fp):
-            raise PostfixError(f"postsuper -H {qid} released {released} messages, but {qid} is still on hold")
-        if released == 1:
-            self._warn_if_old(qid, arrived)
-            self.postfix.deliver_now(qid)
-
-    def _warn_if_old(self, qid: str, arrived: float | None) -> None:
-        # postsuper(1): mail held for a significant fraction of the queue lifetime
-        # expires (bounces) at its first failed delivery attempt after -H.
-        age = time.time() - arrived if arrived else 0.0
-        if age > self.lifetime / 2:
-            log.warning("%s was on hold for %.1f days (queue lifetime %.1f days): if its first "
-                        "delivery attempt fails it bounces instead of being retried", qid,
-                        age / 86400, self.lifetime / 86400, extra={"qid": qid})
 
     # ------------------------------------------------------------------ reading
     def head(self, location: str, name: str, limit: int) -> bytes:
