@@ -178,10 +178,18 @@ def test_a_flaky_environment_quarantines_nothing(qsup, make_spool):
     assert summary["crashes"] >= 5, "the scanner never crashed: the test proves nothing"
 
 
-def scripted(tmp_path, plan: dict) -> dict:
+def scripted_drain(qsup, tmp_path, ids: list[str], plan: dict, workers: int, batch: int) -> dict:
+    """Drain with the scripted worker playing *plan*; nothing may be quarantined.
+    Returns the summary."""
     script = tmp_path / "script.json"
     script.write_text(json.dumps(plan))
-    return {"SCRIPT": str(script)}
+    proc = qsup("drain", "--spool", str(qsup.spool), "--json", "--worker", py("scripted.py"),
+                "--workers", str(workers), "--batch-size", str(batch), "--max-wait", "30",
+                timeout=120, env={"SCRIPT": str(script)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    where = assert_conserved(qsup.spool, ids)
+    assert not where["quarantine"], proc.stderr[-3000:]
+    return qsup.summary(proc)
 
 
 def test_a_candidate_is_judged_only_once_earlier_crashes_are_explained(qsup, make_spool, tmp_path):
@@ -191,15 +199,9 @@ def test_a_candidate_is_judged_only_once_earlier_crashes_are_explained(qsup, mak
     message was quarantined on two crashes. Replayed exactly: three of the first
     thirty messages crash once, M000000 twice; the others' retries are slow. Judged
     when those retries have passed, two crashes at a 10 % crash rate convict nothing."""
-    ids = make_spool(30, {})
-    env = scripted(tmp_path, {"M000000": ["crash", "crash"], "M000010": ["crash", "slow"],
-                              "M000020": ["crash", "slow"]})
-    proc = qsup("drain", "--spool", str(qsup.spool), "--json", "--worker", py("scripted.py"),
-                "--workers", "3", "--batch-size", "10", "--max-wait", "30", timeout=120, env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    where = assert_conserved(qsup.spool, ids)
-    assert not where["quarantine"], proc.stderr[-3000:]
-    assert qsup.summary(proc)["crashes"] >= 4, "the script did not run: the test proves nothing"
+    plan = {"M000000": ["crash", "crash"], "M000010": ["crash", "slow"], "M000020": ["crash", "slow"]}
+    summary = scripted_drain(qsup, tmp_path, make_spool(30, {}), plan, workers=3, batch=10)
+    assert summary["crashes"] >= 4, "the script did not run: the test proves nothing"
 
 
 def test_crashes_are_weighed_per_run_as_well_as_per_message(qsup, make_spool, tmp_path):
@@ -207,15 +209,9 @@ def test_crashes_are_weighed_per_run_as_well_as_per_message(qsup, make_spool, tm
     once per message: three crashes in a dozen runs of 200 messages are a high rate
     for a message run alone, though a low one per message scanned. A message that
     then crashes twice alone is not beyond what the environment explains."""
-    ids = make_spool(2000, {})
-    env = scripted(tmp_path, {"M000000": ["crash"], "M000200": ["crash"], "M000400": ["crash"],
-                              "M001400": ["crash", "crash"]})
-    proc = qsup("drain", "--spool", str(qsup.spool), "--json", "--worker", py("scripted.py"),
-                "--workers", "2", "--batch-size", "200", "--max-wait", "30", timeout=120, env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    where = assert_conserved(qsup.spool, ids)
-    assert not where["quarantine"], proc.stderr[-3000:]
-    assert qsup.summary(proc)["crashes"] >= 5, "the script did not run: the test proves nothing"
+    plan = {"M000000": ["crash"], "M000200": ["crash"], "M000400": ["crash"], "M001400": ["crash", "crash"]}
+    summary = scripted_drain(qsup, tmp_path, make_spool(2000, {}), plan, workers=2, batch=200)
+    assert summary["crashes"] >= 5, "the script did not run: the test proves nothing"
 
 
 def test_a_batch_too_long_for_the_command_line_is_made_to_fit(qsup, tmp_path):
