@@ -180,3 +180,27 @@ def test_the_digest_lists_what_a_retest_released(qsup, versioned, smtp):
                 if "released by re-test: versioned-scanner 1 → versioned-scanner 2" in line]
     poison = {versioned.ids[i] for i in POISON}
     assert {line.split()[0] for line in released} == poison, texts
+
+
+def test_kill_dash_nine_during_retests_loses_nothing_and_retests_at_most_once_more(qsup, versioned):
+    """Nothing is written until a re-test ends: killed in the middle, the next drain
+    re-tests what was not settled, the one in flight at most once more."""
+    assert versioned.drain().returncode == 0
+    versioned.flip("2")
+    versioned.log.write_text("")
+    proc = subprocess.Popen(versioned.argv("drain", "--retest-rate", "120"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=versioned.env, cwd=str(qsup.state.parent))
+    try:
+        wait_for(lambda: versioned.log.read_text().count(" retest ") >= 3, 30, what="three re-tests")
+    finally:
+        proc.kill()
+        proc.wait()
+    first = [line.split()[2] for line in versioned.log.read_text().splitlines() if " retest " in line]
+    again = versioned.drain()
+    assert again.returncode == 0, again.stderr[-2000:]
+    where = assert_conserved(qsup.spool, versioned.ids)
+    assert where["outgoing"] == set(versioned.ids) and not where["quarantine"]
+    scans = [line.split()[2] for line in versioned.log.read_text().splitlines() if " retest " in line]
+    twice = {q for q in scans if scans.count(q) > 1}
+    assert len(twice) <= 1 and twice <= set(first[-1:]), (first, scans)  # only the one in flight
+    assert set(scans) == {versioned.ids[i] for i in POISON}
