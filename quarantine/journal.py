@@ -85,6 +85,7 @@ class Journal:
         """The deliveries of one pass (*planned*, recorded under intent *group*), one
         entry per batch of *ended* that delivered any."""
         names = {m.qid: m.name for m in planned}
+        tags = {m.qid for m in planned if m.tag}
         scanner = self.scanner()
         for e in ended:
             ids = [q for q in e.batch.ids if q in names]
@@ -94,8 +95,11 @@ class Journal:
                      "group": group}
             verdicts = {q: e.verdicts[q] for q in ids if e.verdicts.get(q, "clean") != "clean"}
             renamed = {q: names[q] for q in ids if names[q] != q}
+            tagged = [q for q in ids if q in tags]
             if verdicts:
                 entry["verdicts"] = verdicts
+            if tagged:
+                entry["tagged"] = tagged  # delivered with a spam verdict's headers added
             if renamed:
                 entry["names"] = renamed
             w.put(DB, key(t, e.batch_id), entry)
@@ -164,9 +168,10 @@ def rows(k: str, entry: dict) -> Iterator[Row]:
     """The rows of one entry, a message each."""
     t, fate = time_of(k), entry.get("fate", "?")
     verdicts, names = entry.get("verdicts") or {}, entry.get("names") or {}
+    tagged = set(entry.get("tagged", ()))
     for qid in entry.get("ids", ()):
         verdict = verdicts.get(qid, "clean") if fate in ("delivered", "tagged") else entry.get("verdict", "")
-        yield Row(qid, fate, t, entry.get("message_id", ""), entry.get("sender", ""), verdict,
+        yield Row(qid, "tagged" if qid in tagged else fate, t, entry.get("message_id", ""), entry.get("sender", ""), verdict,
                   entry.get("scanner", ""), entry.get("batch", ""), names.get(qid, ""))
 
 

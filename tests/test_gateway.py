@@ -92,8 +92,11 @@ def test_infected_is_quarantined_and_spam_is_tagged(qsup, make_spool, mode):
         assert (qsup.spool / "outgoing" / qid).read_bytes() == before[qid], qid
     assert oct((qsup.spool / "quarantine" / "M000003").stat().st_mode & 0o777) == "0o600"
     summary = qsup.summary(proc)
-    assert summary["quarantined"] == 2 and summary["crashes"] == 0, summary
+    assert summary["quarantined"] == 2 and summary["crashes"] == 0 and summary["tagged"] == 1, summary
     assert not os.listdir(qsup.spool / "tmp")
+    fates = {r["qid"]: (r["fate"], r["verdict"]) for r in json.loads(qsup("export", "--json").stdout)}
+    assert fates["M000007"] == ("tagged", "spam 7.5/5.0") and fates["M000013"] == ("delivered", "ham 0.1/5.0")
+    assert fates["M000003"] == ("quarantined", "infected Eicar-Test-Signature")
 
 
 def test_verdict_actions_follow_the_config(qsup, make_spool):
