@@ -16,6 +16,10 @@ The policies decide and the pool acts (as in quarantine/policy.py):
                  quarantined (MailScanner's "Maximum Processing Attempts")
   solo-all       every member of a crashed batch is retried alone; a message that
                  crashes alone ``strikes`` (2, qsup's default K) times is quarantined
+  oracle         knows which messages are poison: a crashed batch's innocents are
+                 retried together at once, its poison alone (in a fresh process) until
+                 it has crashed alone K times. No real policy can know this: it is
+                 the floor for any policy that quarantines only after K solo crashes
   clean          retry-batch on the spool without its poison (nothing crashes)
 """
 
@@ -56,6 +60,10 @@ class Policy:
     def crashed(self, batch: Batch) -> list[str]:
         """A worker died with *batch*; return the IDs to quarantine now."""
         raise NotImplementedError
+
+    def fresh_process(self, batch: Batch) -> bool:
+        """Whether *batch* must not run on a worker that scanned anything before."""
+        return False
 
 
 class RetryBatch(Policy):
@@ -104,8 +112,36 @@ class SoloAll(Policy):
         return []
 
 
+class Oracle(Policy):
+    name = "oracle"
+
+    def __init__(self, ids: list[str], batch_size: int, poison: list[str] = (), strikes: int = 2):
+        super().__init__(ids, batch_size)
+        self.poison, self.k = frozenset(poison), strikes
+        self.strikes: dict[str, int] = {}
+
+    def fresh_process(self, batch: Batch) -> bool:
+        return len(batch) == 1 and batch[0] in self.poison
+
+    def crashed(self, batch: Batch) -> list[str]:
+        innocent = tuple(q for q in batch if q not in self.poison)
+        if innocent:
+            self.retry.appendleft(innocent)
+        out = []
+        for qid in batch:
+            if qid not in self.poison:
+                continue
+            if len(batch) == 1:
+                self.strikes[qid] = self.strikes.get(qid, 0) + 1
+            if self.strikes.get(qid, 0) >= self.k:
+                out.append(qid)
+            else:
+                self.retry.appendleft((qid,))
+        return out
+
+
 POLICIES = {"retry-batch": RetryBatch, "attempt-count": AttemptCount, "solo-all": SoloAll,
-            "clean": RetryBatch}
+            "oracle": Oracle, "clean": RetryBatch}
 
 
 # ---------------------------------------------------------------------- pool
@@ -131,6 +167,7 @@ class PoolResult:
     t0: float  # wall clock when the pool started
     delivered: dict[str, float] = field(default_factory=dict)  # qid -> wall time
     quarantined: dict[str, float] = field(default_factory=dict)
+    first_crash: dict[str, float] = field(default_factory=dict)  # qid -> wall time of its first crash
     crashes: int = 0
     batches: int = 0
     spawns: int = 0
@@ -220,6 +257,9 @@ class BarePool:
             self._move(batch, "outgoing", self.result.delivered)
             return
         self.result.crashes += 1
+        now = time.time()
+        for qid in batch:
+            self.result.first_crash.setdefault(qid, now)
         doomed = self.policy.crashed(batch)
         if doomed:
             self._move(doomed, "quarantine", self.result.quarantined)
@@ -254,7 +294,8 @@ class BarePool:
                     batch = self.policy.next_batch()
                     if batch is None:
                         break
-                    w = self.idle.pop() if (self.persistent and self.idle) else self._spawn(batch)
+                    warm = self.persistent and self.idle and not self.policy.fresh_process(batch)
+                    w = self.idle.pop() if warm else self._spawn(batch)
                     self._send(w, batch)
                 if not self.busy:
                     break

@@ -45,8 +45,20 @@ PRESETS = {
     # the same shape, small enough for the whole run to take about a minute
     "quick": dict(count=3_000, poison=8, workers=8, batch_size=30, delay=0.005, startup=0.5,
                   time_limit=10.0),
+    # the black-box case: a process per batch (clamscan, a vendor binary, an old
+    # MailScanner child) that says nothing but its exit status
+    "oneshot": dict(count=3_000, poison=20, workers=8, batch_size=30, delay=0.005, startup=0.5,
+                    time_limit=60.0, mode="oneshot"),
 }
-ALL = ("clean", "clean-qsup", "retry-batch", "attempt-count", "solo-all", "qsup-blind", "qsup-progress")
+# What each preset's qsup rows must reach (issue 15): drain / clean for progress and blind,
+# and crashes per poison where the preset asks fewer than the contract's bound.
+TARGETS = {
+    "headline": {"qsup-progress": 1.10, "qsup-blind": 1.20},
+    "quick": {"qsup-progress": 1.15, "qsup-blind": 1.25},
+    "oneshot": {"qsup-blind": 1.25, "crashes": {"qsup-blind": 4}},
+}
+ALL = ("clean", "clean-qsup", "retry-batch", "attempt-count", "solo-all", "oracle", "qsup-blind",
+       "qsup-progress")
 SPOOL_START = 1_000_000_000.0  # fixed mtimes: message i is i ms younger than message i-1
 
 
@@ -70,7 +82,8 @@ def clone_spool(master: str, root: str, skip: set[str]) -> list[str]:
     return ids
 
 
-def spec_for(policy: str, p: dict, spool: str, work: str, mode: str, limit: float, qsup_config: dict) -> dict:
+def spec_for(policy: str, p: dict, spool: str, work: str, mode: str, limit: float, qsup_config: dict,
+             bad: set[str]) -> dict:
     worker = WORKER + ["--delay", str(p["delay"]), "--startup", str(p["startup"])]
     base = dict(spool=spool, workers=p["workers"], batch_size=p["batch_size"], mode=mode,
                 time_limit=limit)
@@ -80,7 +93,8 @@ def spec_for(policy: str, p: dict, spool: str, work: str, mode: str, limit: floa
         return dict(base, kind="qsup", worker=worker, state=os.path.join(work, "state-" + policy),
                     config=qsup_config)
     name = "retry-batch" if policy == "clean" else policy
-    return dict(base, kind="pool", worker=worker + ["--no-progress"], policy=name)
+    args = {"poison": sorted(bad), "strikes": qsup_config.get("strikes", 2)} if policy == "oracle" else {}
+    return dict(base, kind="pool", worker=worker + ["--no-progress"], policy=name, policy_args=args)
 
 
 def drive(spec: dict, work: str, name: str) -> dict:
@@ -126,6 +140,11 @@ def measure(name: str, res: dict, ids: list[str], bad: set[str], spool: str,
         "supervisor_rss_peak_mb": res["rss_peak_mb"], "stopped_at_limit": res["stopped_at_limit"],
         "exit_code": res["exit_code"],
     }
+    # time to quarantine: for each poison message, its first crash to its quarantine
+    ttq = [res["quarantined"][q] - res["first_crash"][q] for q in bad
+           if res["quarantined"].get(q) and q in res.get("first_crash", {})]
+    if ttq:
+        row.update(ttq_p50_s=pct(ttq, 50), ttq_p99_s=pct(ttq, 99), ttq_max_s=max(ttq))
     if "summary" in res:
         row.update(breaker_openings=res["breaker_openings"], canary_runs=res["summary"]["canary_runs"],
                    unexplained=res["summary"]["unexplained"], qsup_counters=res["stats"])
@@ -162,7 +181,7 @@ def fmt_s(x) -> str:
 
 def table(rows: list[dict], clean_s: float | None) -> str:
     head = ("policy", "drained", "drain s", "x clean", "crashes", "crash/poison", "innoc. quar.",
-            "lost", "p50 extra s", "p99 extra s")
+            "lost", "p50 extra s", "p99 extra s", "ttq p50 s", "ttq p99 s")
     lines = [head]
     for r in rows:
         drained = f"{r['drained']}/{r['messages']}" + ("" if r["finished"] else " (limit)")
@@ -171,7 +190,8 @@ def table(rows: list[dict], clean_s: float | None) -> str:
         cpp = f"{r['crashes'] / r['poison']:.2f}" if r["poison"] else "-"
         lines.append((r["policy"], drained, fmt_s(r["drain_s"]), ratio, str(r["crashes"]), cpp,
                       str(r["innocents_quarantined"]), str(r["lost"]),
-                      fmt_s(r.get("p50_extra_s")), fmt_s(r.get("p99_extra_s"))))
+                      fmt_s(r.get("p50_extra_s")), fmt_s(r.get("p99_extra_s")),
+                      fmt_s(r.get("ttq_p50_s")), fmt_s(r.get("ttq_p99_s"))))
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     out = []
     for n, line in enumerate(lines):
@@ -181,7 +201,7 @@ def table(rows: list[dict], clean_s: float | None) -> str:
     return "\n".join(out)
 
 
-def targets(rows: dict[str, dict], batch_size: int) -> list[tuple[str, bool, str]]:
+def targets(rows: dict[str, dict], batch_size: int, preset: str, strikes: int = 2) -> list[tuple[str, bool, str]]:
     checks = []
     clean = rows.get("clean", {}).get("drain_s")
 
@@ -189,12 +209,16 @@ def targets(rows: dict[str, dict], batch_size: int) -> list[tuple[str, bool, str
         r = rows.get(name)
         return r["drain_s"] / clean if (r and r["drain_s"] and clean) else math.inf
 
-    for name, limit in (("qsup-progress", 1.10), ("qsup-blind", 1.25)):
-        if name in rows and clean:
+    goals = TARGETS.get(preset, TARGETS["headline"])
+    for name in ("qsup-progress", "qsup-blind"):
+        limit = goals.get(name)
+        if limit and name in rows and clean:
             value = (f"{ratio(name):.2f}x" if rows[name]["finished"] else
                      f"did not drain within the time limit ({rows[name]['drained']}/{rows[name]['messages']})")
             checks.append((f"{name} drain <= {limit:.2f}x clean", ratio(name) <= limit, value))
-    for name, bound in (("qsup-progress", 2), ("qsup-blind", math.ceil(math.log2(batch_size)) + 2)):
+    contract = {"qsup-progress": strikes, "qsup-blind": math.ceil(math.log2(batch_size)) + strikes}
+    for name, bound in contract.items():
+        bound = min(bound, goals.get("crashes", {}).get(name, bound))
         r = rows.get(name)
         if r:
             cpp = r["crashes"] / max(r["poison"], 1)
@@ -203,6 +227,11 @@ def targets(rows: dict[str, dict], batch_size: int) -> list[tuple[str, bool, str
             checks.append((f"{name}: 0 innocents quarantined, 0 lost, drained", ok,
                            (f"{r['innocents_quarantined']} quarantined, {r['lost']} lost, "
                             f"{r['drained']}/{r['messages']}")))
+    for name in ("qsup-progress", "qsup-blind", "clean-qsup"):
+        r = rows.get(name)
+        if r and r["poison"]:
+            checks.append((f"{name}: time to quarantine reported (p50 / p99)", "ttq_p99_s" in r,
+                           f"{fmt_s(r.get('ttq_p50_s'))} s / {fmt_s(r.get('ttq_p99_s'))} s"))
     if "retry-batch" in rows:
         r = rows["retry-batch"]
         checks.append(("retry-batch does not drain", not r["finished"], f"{r['drained']}/{r['messages']}"))
@@ -214,8 +243,8 @@ def main() -> None:
     ap.add_argument("--preset", choices=sorted(PRESETS), default="quick")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--time-limit", type=float, help="seconds per policy (default: the preset's)")
-    ap.add_argument("--mode", choices=("persistent", "oneshot"), default="persistent",
-                    help="worker mode, the same for every policy (default persistent)")
+    ap.add_argument("--mode", choices=("persistent", "oneshot"),
+                    help="worker mode, the same for every policy (default: the preset's, else persistent)")
     ap.add_argument("--policies", default=",".join(ALL), help=f"comma-separated subset of {','.join(ALL)}")
     ap.add_argument("--count", type=int, help="override the preset's message count")
     ap.add_argument("--poison", type=int, help="override the preset's poison count")
@@ -232,6 +261,8 @@ def main() -> None:
         if getattr(args, key):
             p[key] = getattr(args, key)
     limit = args.time_limit or p["time_limit"]
+    args.mode = args.mode or p.pop("mode", "persistent")
+    p.pop("mode", None)
     qsup_config = {}
     for item in args.set:
         key, _, value = item.partition("=")
@@ -264,7 +295,7 @@ def main() -> None:
             spool = os.path.join(work, "spool-" + name)
             ids = clone_spool(master, spool, bad if name in ("clean", "clean-qsup") else set())
             t = time.monotonic()
-            spec = spec_for(name, p, spool, work, args.mode, limit, qsup_config)
+            spec = spec_for(name, p, spool, work, args.mode, limit, qsup_config, bad)
             if spec["kind"] == "qsup":
                 shutil.rmtree(spec["state"], ignore_errors=True)  # no strikes from an earlier run
             spec["profile"] = args.profile and spec["kind"] == "qsup"
@@ -289,7 +320,7 @@ def main() -> None:
     print(table(list(rows.values()), clean_s))
     print()
     print("drain s: first dispatch to the last message delivered or quarantined; x clean: drain s / "
-          "clean's; extra latency: an innocent message's delivery time minus its delivery time in "
+          "clean's; ttq: time to quarantine, a poison message's first crash to its quarantine; extra latency: an innocent message's delivery time minus its delivery time in "
           "'clean' (both from the start of the run); 'never' = some innocent was not delivered "
           "(quarantined, or still queued at the time limit).")
     notes = [f"{r['policy']}: breaker opened {r['breaker_openings']}x, {r['canary_runs']} canary runs, "
@@ -297,7 +328,7 @@ def main() -> None:
              for r in rows.values() if "breaker_openings" in r]
     for n in notes:
         print("  " + n)
-    checks = targets(rows, p["batch_size"])
+    checks = targets(rows, p["batch_size"], args.preset, qsup_config.get("strikes", 2))
     if checks:
         print("\ntargets:")
         for what, ok, value in checks:
