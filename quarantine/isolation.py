@@ -65,11 +65,14 @@ class Isolation:
         return taken
 
     # ------------------------------------------------------------------ judge
-    def decide(self, r: Txn, e: Ended, split: int) -> Decision:
-        strikes = {}
+    def decide(self, r: Txn, e: Ended, split: Callable[[Ended], int]) -> Decision:
+        """The policy's decision for batch *e*; *split* says into how many parts a
+        crashed batch splits (asked only of a crash)."""
+        strikes, parts = {}, 2
         if e.outcome.ending in CRASHES:  # strikes matter only to a crash
             strikes = {q: strikes_of(r, q, e.fps[q]) for q in e.batch.ids if q in e.fps}
-        return decide(e.batch, e.outcome, strikes, self.config.strikes, hunt=e.batch_id, split=split)
+            parts = split(e)
+        return decide(e.batch, e.outcome, strikes, self.config.strikes, hunt=e.batch_id, split=parts)
 
     def record(self, w: Txn, e: Ended, decision: Decision, now: float, wall: float) -> int:
         """Write what *decision* means for the messages of batch *e*. Returns the crashes

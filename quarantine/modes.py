@@ -12,7 +12,7 @@ from typing import Protocol
 
 from quarantine.backoff import respawn_delay
 from quarantine.config import Config
-from quarantine.policy import Batch, suspect_slots
+from quarantine.policy import Batch, Costs, split_parts
 from quarantine.process import SpawnError, WorkerProcess
 
 log = logging.getLogger("qsup")
@@ -30,8 +30,33 @@ class WorkerPool(Protocol):
     def spawn(self, batch_id: str, paths: list[str], now: float) -> WorkerProcess: ...
 
 
-SOLO_FROM = 8  # persistent: a crashed group this small is split into singles
 ARG_SLACK = 16_384  # bytes of ARG_MAX left unused: the kernel's own accounting differs a little
+
+
+class Timing:
+    """How long runs take, fitted as start + n × scan over the batches that passed
+    (least squares, recent runs weighing most): what a split costs (policy.Costs).
+    Until batches of different sizes have passed, half a batch's time is its start."""
+
+    DECAY = 0.98
+
+    def __init__(self, start: float = 0.5, scan: float = 0.005):
+        self.start, self.scan = start, scan
+        self._w = self._n = self._d = self._nn = self._nd = 0.0
+
+    def ran(self, n: int, duration: float) -> None:
+        if n < 1 or duration <= 0:
+            return
+        k = self.DECAY
+        self._w, self._n, self._d = k * self._w + 1, k * self._n + n, k * self._d + duration
+        self._nn, self._nd = k * self._nn + n * n, k * self._nd + n * duration
+        mean_n, mean_d = self._n / self._w, self._d / self._w
+        var = self._nn / self._w - mean_n ** 2
+        if var > 0.25:
+            scan = max(0.0, (self._nd / self._w - mean_n * mean_d) / var)
+            self.start, self.scan = max(0.0, mean_d - scan * mean_n), scan
+        else:
+            self.start, self.scan = mean_d / 2, mean_d / 2 / max(mean_n, 1)
 
 
 class OneShot:
@@ -44,6 +69,7 @@ class OneShot:
 
     def __init__(self) -> None:
         self.cap: int | None = None  # most paths that fit a command line, once one did not
+        self.timing = Timing()  # a run's duration includes its process start
 
     def batch_limit(self, size: int) -> int:
         return min(size, self.cap) if self.cap else size
@@ -70,8 +96,13 @@ class OneShot:
     def environment(self) -> dict[str, str]:
         return {}
 
-    def split(self, batch: Batch) -> int:
-        return 2
+    def split(self, batch: Batch, free: int, clean_waiting: bool, startup: float) -> int:
+        """Every run is a process start: fewest runs while the pool is busy (about √n
+        groups, then singles), singles at the tail when free workers take them at once."""
+        t = self.timing
+        start, scan = round(t.start, 2), round(t.scan, 4)  # a few distinct costs: the plans are cached
+        costs = Costs(group=start, solo=start, scan=scan, crash=start)
+        return split_parts(len(batch.ids), costs, free, clean_waiting)
 
     def acquire(self, pool: WorkerPool, batch_id: str, paths: list[str], now: float,
                 fresh: bool) -> WorkerProcess:
@@ -111,6 +142,7 @@ class Persistent:
         self.ended = 0  # workers gone (crash, recycle) and not yet replaced
         self.deaths = 0  # spares that died idle since the last good batch
         self.after = -math.inf  # no spare is started before this time
+        self.timing = Timing(start=0.0)  # a warm worker's runs: scanning only
 
     def argv(self, command: list[str], paths: list[str]) -> list[str]:
         return command
@@ -118,13 +150,14 @@ class Persistent:
     def environment(self) -> dict[str, str]:
         return {"QSUP_PERSISTENT": "1"}
 
-    def split(self, batch: Batch) -> int:
+    def split(self, batch: Batch, free: int, clean_waiting: bool, startup: float) -> int:
         """A crash costs a new worker, and a suspect alone needs a fresh one (contract
-        §5.7), while a group runs on a warm worker for little: a blind crash splits
-        into about √n groups, and a group of at most SOLO_FROM into singles (at most
-        1 + 1 + K crashes per poison message, and a few fresh workers, not n)."""
-        n = len(batch.ids)
-        return n if n <= SOLO_FROM else math.isqrt(n - 1) + 1
+        §5.7), while a group runs on a warm worker for little: groups while the pool
+        is busy (a few fresh workers, not n), singles at the tail when free workers
+        can take them at once."""
+        startup = round(startup, 2)  # a few distinct costs: the plans are cached
+        costs = Costs(group=0.0, solo=startup, scan=round(self.timing.scan, 4), crash=startup)
+        return split_parts(len(batch.ids), costs, free, clean_waiting)
 
     def acquire(self, pool: WorkerPool, batch_id: str, paths: list[str], now: float,
                 fresh: bool) -> WorkerProcess:
@@ -167,7 +200,7 @@ class Persistent:
         span = min(60.0, max(now - pool.started, 1.0))
         rate = len(self.fresh_taken) / span
         workers = pool.config.workers
-        base = suspect_slots(workers, True) + 1
+        base = max(1, workers // 4) + 1
         return max(base, min(workers, math.ceil(rate * pool.startup * 1.5) + 1))
 
     def keep_spares(self, pool: WorkerPool, now: float) -> None:

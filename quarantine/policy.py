@@ -24,6 +24,8 @@ quarantine record), and each arrow is one of the decisions below.
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -188,12 +190,65 @@ def decide(
     return merge(handled, Decision(retry=bisect(batch, rest, hunt, split)))
 
 
+@dataclass(frozen=True)
+class Costs:
+    """What the runs of a hunt cost, in seconds (the pool's measures, see modes.py)."""
+
+    group: float = 0.5  # to start a run of several (one-shot: a process; persistent: ~0, a warm worker)
+    solo: float = 0.5  # to start a run alone: always a fresh process (contract §5.7)
+    scan: float = 0.005  # per message scanned
+    crash: float = 0.5  # a crash beyond its run: a replacement worker, evidence against the environment
+
+
+def _options(m: int, free: int) -> set[int]:
+    return {p for p in (2, 3, math.isqrt(m - 1) + 1, free, m) if 2 <= p <= m}
+
+
+def _run(size: int, c: Costs) -> float:
+    return (c.solo if size == 1 else c.group) + size * c.scan
+
+
+@functools.lru_cache(maxsize=4096)
+def _plan(m: int, c: Costs, free: int, tail: bool) -> tuple[tuple[float, float], int]:
+    """((cost, tie-break), parts) of the cheapest hunt for one poison among *m* suspects:
+    worker-seconds while clean traffic waits (every run takes a worker from it), the
+    time to isolate the poison at the tail (the workers are free: only waiting counts,
+    ⌈parts / free⌉ rounds of runs), each with the other as the tie-break."""
+    if m <= 1:
+        return (0.0, 0.0), 1
+    best = None
+    for p in sorted(_options(m, free)):
+        sizes = [len(x) for x in chunks(tuple(range(m)), p)]
+        work = sum(_run(n, c) for n in sizes) + c.crash
+        wait = -(-p // max(1, free)) * (_run(sizes[0], c) + c.crash)
+        (below_a, below_b), _ = _plan(sizes[0], c, free, tail)
+        key = (wait, work) if tail else (work, wait)
+        score = (key[0] + below_a, key[1] + below_b)
+        if best is None or score < best[0]:
+            best = (score, p)
+    return best
+
+
+def split_parts(n: int, costs: Costs, free: int, clean_waiting: bool) -> int:
+    """How many parts a crashed batch of *n* suspects splits into (at least 2, at most
+    n). While clean traffic waits, the split that spends the fewest worker-seconds:
+    about √n groups (then singles) when a run's start dwarfs a crash's extra cost,
+    halves when starts are dear and batches large; at the tail, with workers free,
+    the one that isolates the poison soonest: singles when the free workers can run
+    them at once. Every part has at most ⌈n/2⌉ suspects, so a poison message crashes
+    at most ⌈log₂ n⌉ times before it runs alone, whatever is chosen (contract §5.5)."""
+    if n <= 2:
+        return 2
+    return _plan(n, costs, max(1, free), not clean_waiting)[1]
+
+
 def suspect_slots(total_workers: int, clean_waiting: bool) -> int:
-    """How many workers may serve the suspect lane: a quarter (at least one) while
-    clean traffic waits, so the queue keeps flowing while poison is hunted."""
+    """How many workers may serve the suspect lane: half (at least one) while clean
+    traffic waits, so the queue keeps flowing while poison is hunted; suspects go
+    first within it, since a hunt is a chain of runs and clean batches are not."""
     if not clean_waiting:
         return total_workers
-    return max(1, total_workers // 4)
+    return max(1, total_workers // 2)
 
 
 @dataclass

@@ -197,10 +197,11 @@ class Supervisor:
             return
         delivers, ready, key, verdict_held = [], [], "", []
         with self.ledger.pass_txn() as w:
-            decisions = [self.isolation.decide(w, e, self.pool.mode.split(e.batch)) for e in ended]
+            decisions = [self.isolation.decide(w, e, self._split) for e in ended]
             for e, decision in zip(ended, decisions):
                 if e.outcome.ending is Ending.OK:
                     self.pool.mode.batch_ok()
+                    self.pool.mode.timing.ran(len(e.batch.ids), e.duration)
                 self.judge.ended(w, e, decision, now, self.wall())
                 self.fleet_lane.passed(w, e, decision)
                 moving, held = self.judge.deliveries(e, decision, self.config)
@@ -232,6 +233,11 @@ class Supervisor:
             self.telemetry.ended(e, len(handed), now)
             if e.outcome.ending is Ending.OK:
                 self.env.healthy(e.fresh_start, e.batch_id, e.detail.get("pid"))
+
+    def _split(self, e: Ended) -> int:
+        """How many parts a crashed batch of *e* splits into (policy.split_parts)."""
+        free = self.config.workers - len(self.pool.runs)
+        return self.pool.mode.split(e.batch, free, bool(self.intake), self.pool.startup)
 
     # ---------------------------------------------------------------- dispatch
     def _dispatch(self, w: Txn) -> list[InFlight]:

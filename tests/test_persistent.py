@@ -96,10 +96,11 @@ def test_persistent_hang_is_timed_out_from_the_last_progress_line(qsup, make_spo
 
 def test_a_blind_crash_of_a_persistent_worker_runs_each_suspect_alone(qsup, make_spool):
     # A persistent worker's crash costs a new worker and a suspect alone a fresh one,
-    # while a group on a warm worker costs little: the batch of 20 is split into 5
-    # groups of 4, the group that crashes into singles. Each poison message costs its
-    # batch's crash, its group's and K = 2 solo crashes, where bisection would cost
-    # up to ceil(log2 20) + 2 = 7.
+    # while a group on a warm worker costs little: while traffic waits, the batch of 20
+    # is split into 5 groups of 4, the group that crashes into pairs (two fresh workers,
+    # not four), the pair into singles; at the tail, singles at once. Each poison
+    # message costs at most its batch's crash, its group's, its pair's and K = 2 solo
+    # crashes, where bisection would cost up to ceil(log2 20) + 2 = 7.
     poison = {7: "segv", 130: "abort", 251: "segv"}
     ids = make_spool(300, poison)
     proc = qsup.drain("--worker-mode", "persistent", "--worker", DEMO + " --no-progress",
@@ -108,7 +109,8 @@ def test_a_blind_crash_of_a_persistent_worker_runs_each_suspect_alone(qsup, make
     where = assert_conserved(qsup.spool, ids)
     assert where["quarantine"] == {ids[i] for i in poison}
     summary = qsup.summary(proc)
-    assert summary["crashes"] == 4 * len(poison) and summary["strikes"] == 2 * len(poison)
+    assert 3 * len(poison) <= summary["crashes"] <= 5 * len(poison)
+    assert summary["strikes"] == 2 * len(poison)
 
 
 def test_a_fresh_workers_good_batch_stands_in_for_the_canary(qsup, make_spool):

@@ -14,8 +14,10 @@ from quarantine.policy import (
     Ending,
     Hunts,
     Lane,
+    Costs,
     Outcome,
     decide,
+    split_parts,
     suspect_slots,
 )
 
@@ -76,8 +78,9 @@ def test_quarantine_at_k_solo_strikes(k, ending):
         strikes["A"] = n
 
 
-def simulate(n: int, poison: set[int], k: int, progress: bool, split: int = 2) -> tuple[dict, set, set]:
-    """Run the policy to the end against a fake scanner that crashes on poison."""
+def simulate(n: int, poison: set[int], k: int, progress: bool, split=2) -> tuple[dict, set, set]:
+    """Run the policy to the end against a fake scanner that crashes on poison;
+    *split* is a number of parts or a function of the crashed batch that gives one."""
     ids = tuple(f"M{i}" for i in range(n))
     bad = {f"M{i}" for i in poison}
     queue, strikes, crashes = [Batch(ids=ids)], {}, {}
@@ -92,7 +95,8 @@ def simulate(n: int, poison: set[int], k: int, progress: bool, split: int = 2) -
             upto = batch.ids.index(first_bad)
             outcome = Outcome(Ending.SIGNAL, batch.ids[: upto + 1], frozenset(batch.ids[:upto])) if progress \
                 else Outcome(Ending.SIGNAL)
-        d = decide(batch, outcome, strikes, k, hunt="h", split=split)
+        parts = split(batch) if callable(split) else split
+        d = decide(batch, outcome, strikes, k, hunt="h", split=parts)
         for q in d.strike:
             strikes[q] = strikes.get(q, 0) + 1
         delivered |= set(d.deliver)
@@ -148,9 +152,55 @@ def test_recovered_batches_are_bisected_without_strikes():
 
 
 @given(total=st.integers(1, 64), waiting=st.booleans())
-def test_suspect_lane_gets_a_quarter_while_clean_traffic_waits(total, waiting):
+def test_suspect_lane_gets_half_while_clean_traffic_waits(total, waiting):
     slots = suspect_slots(total, waiting)
-    assert slots == (max(1, total // 4) if waiting else total)
+    assert slots == (max(1, total // 2) if waiting else total)
+
+
+costs_st = st.builds(Costs, group=st.floats(0, 5), solo=st.floats(0, 5), scan=st.floats(0, 0.1),
+                     crash=st.floats(0, 5))
+
+
+@settings(max_examples=300)
+@given(n=st.integers(1, 200), costs=costs_st, free=st.integers(0, 64), waiting=st.booleans())
+def test_an_adaptive_split_is_a_real_split(n, costs, free, waiting):
+    parts = split_parts(n, costs, free, waiting)
+    assert 2 <= parts and (parts <= n or n < 2)
+
+
+@settings(max_examples=300)
+@given(n=st.integers(1, 120), data=st.data(), k=st.integers(1, 3), costs=costs_st)
+def test_any_adaptive_split_keeps_the_crash_bound(n, data, k, costs):
+    """Whatever the costs, the free workers and the traffic at each crash, one poison
+    message costs at most ⌈log₂ n⌉ + K crashes (contract §5.5), innocents are
+    delivered and the poison quarantined."""
+    at = data.draw(st.integers(0, n - 1))
+
+    def split(batch):
+        return split_parts(len(batch.ids), costs, data.draw(st.integers(0, 64)), data.draw(st.booleans()))
+
+    crashes, delivered, quarantined = simulate(n, {at}, k, False, split)
+    assert quarantined == {f"M{at}"}
+    assert delivered == {f"M{i}" for i in range(n)} - {f"M{at}"}
+    assert sum(crashes.values()) <= (math.ceil(math.log2(n)) + k if n > 1 else k)
+
+
+def test_the_tail_sends_every_suspect_alone_when_workers_are_free():
+    for costs in (Costs(), Costs(group=0.0), Costs(group=2.0, solo=2.0, crash=0.0)):
+        assert split_parts(30, costs, free=30, clean_waiting=False) == 30
+        assert split_parts(30, costs, free=8, clean_waiting=False) < 30  # not more rounds than groups
+
+
+def test_a_busy_one_shot_pool_finds_poison_in_two_rounds_of_groups():
+    """A process start per run (0.5 s) against 5 ms a message: √n groups then singles,
+    1 + 1 + K crashes per poison message instead of bisection's ⌈log₂ 30⌉ + K."""
+    start = Costs(group=0.5, solo=0.5, scan=0.005, crash=0.5)
+    assert split_parts(30, start, free=0, clean_waiting=True) == 6
+    for at in range(30):
+        crashes, _, _ = simulate(30, {at}, 2, False, lambda b: split_parts(len(b.ids), start, 0, True))
+        assert sum(crashes.values()) <= 4
+    halves, _, _ = simulate(30, {7}, 2, False, 2)
+    assert sum(halves.values()) == 7
 
 
 def test_unexplained_crash_when_both_halves_pass():
