@@ -70,6 +70,11 @@ class WorkerPool:
     def all_runs(self) -> list[Run]:
         return list(self.runs.values()) + ([self.canary] if self.canary else [])
 
+    def split(self, batch: Batch, clean_waiting: bool) -> int:
+        """How many parts a crashed *batch* splits into, from what the runs cost in this
+        mode and how many workers are free (policy.split_parts)."""
+        return self.mode.split(batch, self.config.workers - len(self.runs), clean_waiting, self.startup)
+
     def spawn(self, batch_id: str, paths: list[str], now: float) -> WorkerProcess:
         env = dict(os.environ)
         env.update(self.scanner.environment())

@@ -34,6 +34,7 @@ from quarantine.policy import Batch, Ending, Lane, Outcome
 from quarantine.pool import WorkerPool
 from quarantine.process import SpawnError
 from quarantine.recovery import recover
+from quarantine.reloading import reload_now
 from quarantine.retest import Retester, read_identity
 from quarantine.runs import Ended
 from quarantine.store import Store, Txn
@@ -138,7 +139,7 @@ class Supervisor:
                               f"canary dies{'; ' + detail['error'] if detail.get('error') else ''}")
             self.judge.act(self.env.canary_ended(run.started, ending, detail, now, run.batch_id), now)
         if self._reload_wanted:
-            self._reload()
+            reload_now(self)
         if stop:
             self._settle(ended, now)
             if not self.pool.all_runs():
@@ -147,7 +148,7 @@ class Supervisor:
             self.intake.refill(now, force=not follow and not self.intake)
             self._settle(ended, now, dispatch=True)
             self._prove(now)
-            self._retest(now)
+            self.retester.launch(self.pool, self.env, self.judge, self._new_id(), now)
             if not self.env.is_open and (self.stats["crashes"] or self.isolation.candidates
                                          or self.stats["canary_runs"]):
                 self.pool.keep_spares(now)  # none needed until something has crashed
@@ -197,7 +198,8 @@ class Supervisor:
             return
         delivers, ready, key, verdict_held = [], [], "", []
         with self.ledger.pass_txn() as w:
-            decisions = [self.isolation.decide(w, e, self._split) for e in ended]
+            decisions = [self.isolation.decide(w, e, lambda e: self.pool.split(e.batch, bool(self.intake)))
+                         for e in ended]
             for e, decision in zip(ended, decisions):
                 if e.outcome.ending is Ending.OK:
                     self.pool.mode.batch_ok()
@@ -233,11 +235,6 @@ class Supervisor:
             self.telemetry.ended(e, len(handed), now)
             if e.outcome.ending is Ending.OK:
                 self.env.healthy(e.fresh_start, e.batch_id, e.detail.get("pid"))
-
-    def _split(self, e: Ended) -> int:
-        """How many parts a crashed batch of *e* splits into (policy.split_parts)."""
-        free = self.config.workers - len(self.pool.runs)
-        return self.pool.mode.split(e.batch, free, bool(self.intake), self.pool.startup)
 
     # ---------------------------------------------------------------- dispatch
     def _dispatch(self, w: Txn) -> list[InFlight]:
@@ -303,9 +300,6 @@ class Supervisor:
             self.stats["canary_runs"] += 1
 
     # ----------------------------------------------------------------- re-test
-    def _retest(self, now: float) -> None:
-        self.retester.launch(self.pool, self.env, self.judge, self._new_id(), now)
-
     def _read_identity(self, now: float) -> None:
         self.retester.observe(read_identity(self.config, self.pool.scanner), now)
 
@@ -338,31 +332,7 @@ class Supervisor:
     def summary(self) -> dict:
         return self.telemetry.summary(self.env.breaker)
 
-    # ------------------------------------------------------------ reload, stop
-    def _reload(self) -> None:
-        self._reload_wanted = False
-        if self.reload is None:
-            return
-        try:
-            new = self.reload()
-            scanner = self.make_scanner(new) if self.make_scanner else self.pool.scanner
-        except Exception as exc:  # a bad file must not stop a running daemon
-            log.error("reload failed, keeping the old configuration: %s", exc)
-            return
-        if moved := _queue_moved(self.config, new):
-            log.error("reload refused, keeping the old configuration: %s; a running qsup keeps "
-                      "its queue (restart it to change that)", moved)
-            return
-        self.config = new
-        for part in (self.env, self.isolation, self.intake, self.notifier):
-            part.configure(new)
-        self.pool.configure(new, scanner)
-        self.pool.retire_idle()  # persistent workers restart with the new settings
-        self.retester.configure(new)
-        self._identity.interval = new.retest_check
-        self._read_identity(self.clock())
-        log.info("configuration reloaded from %s", new.source)
-
+    # ------------------------------------------------------------------ stop
     def _shutdown(self) -> None:
         now = self.clock()
         self.intake.close()
@@ -379,12 +349,6 @@ class Supervisor:
         self.notifier.flush()  # what is due goes out before qsup exits
         self.fleet.close()  # so do the fleet's publications, if Redis answers
         self.pool.close()
-
-
-def _queue_moved(old: Config, new: Config) -> str:
-    """What a reload would change of the queue (locked and recorded at start)."""
-    return ", ".join(f"{key} {getattr(old, key)!r} -> {getattr(new, key)!r}"
-                     for key in ("queue", "spool") if getattr(new, key) != getattr(old, key))
 
 
 __all__ = ["Stop", "Supervisor"]
