@@ -80,7 +80,8 @@ def drive_pool(spec: dict) -> dict:
     cpu = _cpu() - cpu0
     rss.stop()
     return {"t0": t0, "elapsed": res.elapsed + (res.t0 - t0), "delivered": res.delivered,
-            "quarantined": res.quarantined, "first_crash": res.first_crash, "crashes": res.crashes, "batches": res.batches,
+            "quarantined": res.quarantined, "first_crash": res.first_crash, "crashes": res.crashes,
+            "batches": res.batches,
             "spawns": res.spawns, "stopped_at_limit": res.stopped_at_limit, "cpu_s": cpu,
             "rss_peak_mb": max(rss.samples, default=rss.current()), "maxrss_mb": _maxrss_mb(),
             "exit_code": 0}
@@ -155,7 +156,8 @@ def drive_qsup(spec: dict) -> dict:
         store.close()
     log = lines.getvalue()
     out = {"t0": t0, "elapsed": elapsed, "delivered": delivered, "quarantined": quarantined,
-           "first_crash": first_crash, "crashes": summary["crashes"], "summary": summary, "stopped_at_limit": bool(stopped),
+           "first_crash": first_crash, "crashes": summary["crashes"], "summary": summary,
+           "stopped_at_limit": bool(stopped),
            "cpu_s": cpu, "rss_before_mb": rss_before,
            "rss_peak_mb": max(rss.samples, default=rss.current()), "maxrss_mb": _maxrss_mb(),
            "exit_code": code, "breaker_openings": log.count("breaker open:"),

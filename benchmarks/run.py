@@ -227,7 +227,7 @@ def targets(rows: dict[str, dict], batch_size: int, preset: str, strikes: int = 
             checks.append((f"{name}: 0 innocents quarantined, 0 lost, drained", ok,
                            (f"{r['innocents_quarantined']} quarantined, {r['lost']} lost, "
                             f"{r['drained']}/{r['messages']}")))
-    for name in ("qsup-progress", "qsup-blind", "clean-qsup"):
+    for name in ("qsup-progress", "qsup-blind"):
         r = rows.get(name)
         if r and r["poison"]:
             checks.append((f"{name}: time to quarantine reported (p50 / p99)", "ttq_p99_s" in r,
@@ -261,8 +261,8 @@ def main() -> None:
         if getattr(args, key):
             p[key] = getattr(args, key)
     limit = args.time_limit or p["time_limit"]
-    args.mode = args.mode or p.pop("mode", "persistent")
-    p.pop("mode", None)
+    preset_mode = p.pop("mode", "persistent")
+    args.mode = args.mode or preset_mode
     qsup_config = {}
     for item in args.set:
         key, _, value = item.partition("=")
@@ -320,7 +320,8 @@ def main() -> None:
     print(table(list(rows.values()), clean_s))
     print()
     print("drain s: first dispatch to the last message delivered or quarantined; x clean: drain s / "
-          "clean's; ttq: time to quarantine, a poison message's first crash to its quarantine; extra latency: an innocent message's delivery time minus its delivery time in "
+          "clean's; ttq: time to quarantine, a poison message's first crash to its quarantine; "
+          "extra latency: an innocent message's delivery time minus its delivery time in "
           "'clean' (both from the start of the run); 'never' = some innocent was not delivered "
           "(quarantined, or still queued at the time limit).")
     notes = [f"{r['policy']}: breaker opened {r['breaker_openings']}x, {r['canary_runs']} canary runs, "

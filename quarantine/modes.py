@@ -61,7 +61,7 @@ class Timing:
 
 class OneShot:
     """A fresh process per batch: every batch pays a start-up, so a crashed batch is
-    bisected (fewest runs: ⌈log₂ n⌉ + K crashes per poison message). Its paths are
+    split into few parts (see :meth:`split`). Its paths are
     its command line, so a batch is never bigger than what the kernel takes
     (ARG_MAX, shared with the environment): the limit is learnt from the paths."""
 

@@ -218,10 +218,11 @@ def _plan(m: int, c: Costs, free: int, tail: bool) -> tuple[tuple[float, float],
         return (0.0, 0.0), 1
     best = None
     for p in sorted(_options(m, free)):
-        sizes = [len(x) for x in chunks(tuple(range(m)), p)]
-        work = sum(_run(n, c) for n in sizes) + c.crash
-        wait = -(-p // max(1, free)) * (_run(sizes[0], c) + c.crash)
-        (below_a, below_b), _ = _plan(sizes[0], c, free, tail)
+        size, extra = divmod(m, p)  # as chunks() cuts: *extra* parts of size + 1, the rest of size
+        largest = size + (extra > 0)
+        work = sum(_run(size + (i < extra), c) for i in range(p)) + c.crash
+        wait = -(-p // max(1, free)) * (_run(largest, c) + c.crash)
+        (below_a, below_b), _ = _plan(largest, c, free, tail)
         key = (wait, work) if tail else (work, wait)
         score = (key[0] + below_a, key[1] + below_b)
         if best is None or score < best[0]:

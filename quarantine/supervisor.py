@@ -198,8 +198,8 @@ class Supervisor:
             return
         delivers, ready, key, verdict_held = [], [], "", []
         with self.ledger.pass_txn() as w:
-            decisions = [self.isolation.decide(w, e, lambda e: self.pool.split(e.batch, bool(self.intake)))
-                         for e in ended]
+            clean_waiting = bool(self.intake)
+            decisions = [self.isolation.decide(w, e, lambda e: self.pool.split(e.batch, clean_waiting)) for e in ended]
             for e, decision in zip(ended, decisions):
                 if e.outcome.ending is Ending.OK:
                     self.pool.mode.batch_ok()
